@@ -1,0 +1,69 @@
+# pksync: one source tree, two builds of the C core (Lua 5.4 and LuaJIT 2.1).
+#
+#   make            build build/54/pksync/core.so and build/jit/pksync/core.so
+#   make test       install Debian deps, build, run the busted suite on both runtimes
+#   make deps       install the Debian packages (skipped when present)
+#   make bench      benchmarks (see bench/README.md)
+#   make demo       the two-site demo
+#
+# LUA_INCDIR / LUAJIT_INCDIR / PREFIX may be overridden.
+
+CC            ?= cc
+LUA_INCDIR    ?= /usr/include/lua5.4
+LUAJIT_INCDIR ?= /usr/include/luajit-2.1
+PG_INCDIR     ?= $(shell pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
+PREFIX        ?= /usr/local
+
+WARN    = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+OPT    ?= -O2 -g
+CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -fvisibility=hidden \
+             $(WARN) $(OPT) -I$(PG_INCDIR) $(EXTRA_CFLAGS)
+LIBS    = -lcurl -lpq -lcrypto $(EXTRA_LDFLAGS)
+
+SRCS    = $(wildcard src/*.c)
+HDRS    = $(wildcard src/*.h)
+OBJS54  = $(SRCS:src/%.c=build/obj54/%.o)
+OBJSJIT = $(SRCS:src/%.c=build/objjit/%.o)
+
+CORE54  = build/54/pksync/core.so
+COREJIT = build/jit/pksync/core.so
+
+.PHONY: all deps test test-54 test-jit bench demo clean install ci
+
+all: $(CORE54) $(COREJIT)
+
+build/obj54/%.o: src/%.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -I$(LUA_INCDIR) -c $< -o $@
+
+build/objjit/%.o: src/%.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -I$(LUAJIT_INCDIR) -c $< -o $@
+
+$(CORE54): $(OBJS54)
+	@mkdir -p $(@D)
+	$(CC) -shared -o $@ $^ $(LIBS)
+
+$(COREJIT): $(OBJSJIT)
+	@mkdir -p $(@D)
+	$(CC) -shared -o $@ $^ $(LIBS)
+
+deps:
+	@scripts/deps.sh
+
+# The suite runs once per runtime inside one throwaway PostgreSQL cluster.
+test: deps
+	@$(MAKE) --no-print-directory -j2 all
+	@scripts/testenv.sh scripts/run-specs.sh
+
+test-54 test-jit: all
+	@scripts/testenv.sh scripts/run-specs.sh $(@:test-%=%)
+
+clean:
+	rm -rf build
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/pksync $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync
+	install -m 0755 $(CORE54) $(DESTDIR)$(PREFIX)/lib/lua/5.4/pksync/core.so
+	install -m 0644 lua/pksync.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync.lua
+	install -m 0644 lua/pksync/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync/

@@ -1,0 +1,176 @@
+-- spec/helper.lua: real servers for the specs.
+--
+-- scripts/testenv.sh starts one throwaway PostgreSQL cluster per run and
+-- exports PKSYNC_TEST_*; this helper creates databases in it and starts
+-- nginx instances (with the lua module and the LuaJIT build of pksync) on
+-- free loopback ports. Everything a spec starts it stops in teardown;
+-- testenv.sh kills leftovers.
+local socket = require "socket"
+
+local helper = {}
+
+local getenv = os.getenv
+helper.repo = getenv("PKSYNC_REPO") or "."
+helper.root = getenv("PKSYNC_TEST_ROOT") or "/tmp"
+helper.pghost = getenv("PKSYNC_TEST_PGHOST")
+helper.pgport = getenv("PKSYNC_TEST_PGPORT")
+helper.runtime = getenv("PKSYNC_RUNTIME") or (jit and "jit" or "54")
+
+local counter = 0
+local function unique(prefix)
+  counter = counter + 1
+  return ("%s_%s_%d_%d"):format(prefix, helper.runtime, os.time() % 100000, counter)
+end
+helper.unique = unique
+
+--- Sleep for a number of seconds (fractions allowed).
+function helper.sleep(seconds) socket.sleep(seconds) end
+
+--- Monotonic-enough wall clock in seconds.
+function helper.now() return socket.gettime() end
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+helper.shell_quote = shell_quote
+
+--- Run a shell command; return its stdout, and true when it exited 0.
+function helper.run(cmd)
+  local f = assert(io.popen(cmd .. " 2>&1", "r"))
+  local out = f:read("a") or f:read("*a")
+  local ok = f:close()
+  return out, ok == true or ok == 0
+end
+
+local function write_file(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+helper.write_file = write_file
+
+function helper.read_file(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local s = f:read("a") or f:read("*a")
+  f:close()
+  return s
+end
+
+--- libpq conninfo for a database of the test cluster.
+function helper.conninfo(dbname)
+  assert(helper.pghost, "run the specs through scripts/testenv.sh (make test)")
+  return ("host=%s port=%s user=postgres dbname=%s"):format(helper.pghost, helper.pgport, dbname)
+end
+
+--- Run SQL through psql; returns the unaligned output (raises on error).
+function helper.psql(dbname, sql)
+  local cmd = ("psql -X -q -At -v ON_ERROR_STOP=1 -h %s -p %s -U postgres -d %s -c %s"):format(
+    shell_quote(helper.pghost), helper.pgport, shell_quote(dbname), shell_quote(sql))
+  local out, ok = helper.run(cmd)
+  if not ok then error("psql failed: " .. out, 2) end
+  return (out:gsub("\n$", ""))
+end
+
+--- Create a fresh database; returns its name and conninfo.
+function helper.create_database(prefix)
+  local name = unique(prefix or "db")
+  helper.psql("postgres", ("CREATE DATABASE %s"):format(name))
+  return name, helper.conninfo(name)
+end
+
+function helper.drop_database(name)
+  helper.psql("postgres", ("DROP DATABASE IF EXISTS %s WITH (FORCE)"):format(name))
+end
+
+--- A free TCP port on 127.0.0.1.
+function helper.free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+--- Wait until something accepts TCP connections on port (or time out).
+function helper.wait_port(port, timeout)
+  local deadline = helper.now() + (timeout or 10)
+  while helper.now() < deadline do
+    local c = socket.tcp()
+    c:settimeout(0.2)
+    local ok = c:connect("127.0.0.1", port)
+    c:close()
+    if ok then return true end
+    socket.sleep(0.05)
+  end
+  return false
+end
+
+local NGINX_TEMPLATE = [[
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+%s
+worker_processes %d;
+daemon on;
+pid logs/nginx.pid;
+error_log logs/error.log %s;
+thread_pool pksync threads=%d;
+%s
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path tmp/body;
+  proxy_temp_path tmp/proxy;
+  fastcgi_temp_path tmp/fastcgi;
+  uwsgi_temp_path tmp/uwsgi;
+  scgi_temp_path tmp/scgi;
+  client_max_body_size 64m;
+  client_body_buffer_size 1m;
+  lua_package_path '%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;';
+  lua_package_cpath '%s/build/jit/?.so;;';
+  lua_shared_dict pksync_test 4m;
+%s
+  server {
+    listen 127.0.0.1:%d;
+%s
+  }
+}
+]]
+
+--- Start nginx. opts: name, server (location blocks), http (extra http
+-- directives), main (extra main directives), workers, threads, env (table
+-- of VAR=value exported to the workers). Returns an object with port, url,
+-- prefix, stop() and error_log().
+function helper.start_nginx(opts)
+  opts = opts or {}
+  local name = unique("nginx-" .. (opts.name or "srv"))
+  local prefix = helper.root .. "/" .. name
+  for _, d in ipairs { "", "/conf", "/logs", "/tmp" } do
+    assert(os.execute("mkdir -p " .. shell_quote(prefix .. d)))
+  end
+  local port = opts.port or helper.free_port()
+  local main = opts.main or ""
+  for k, v in pairs(opts.env or {}) do
+    main = main .. ("\nenv %s=%s;"):format(k, v)
+  end
+  local user = ""
+  if helper.run("id -u"):match("^0") then user = "user root root;" end
+  local repo = helper.repo
+  local conf = NGINX_TEMPLATE:format(user, opts.workers or 1, opts.log_level or "warn",
+    opts.threads or 4, main, repo, repo, repo, repo, opts.http or "", port, opts.server or "")
+  write_file(prefix .. "/conf/nginx.conf", conf)
+  local out, ok = helper.run(("nginx -p %s -c conf/nginx.conf"):format(shell_quote(prefix)))
+  if not ok then error("nginx failed to start: " .. out .. "\n" .. conf) end
+  assert(helper.wait_port(port, 10), "nginx did not listen on " .. port)
+  local srv = { port = port, prefix = prefix, url = "http://127.0.0.1:" .. port }
+  function srv.error_log() return helper.read_file(prefix .. "/logs/error.log") or "" end
+  function srv.stop()
+    helper.run(("nginx -p %s -c conf/nginx.conf -s stop"):format(shell_quote(prefix)))
+    local deadline = helper.now() + 5
+    while helper.read_file(prefix .. "/logs/nginx.pid") and helper.now() < deadline do
+      socket.sleep(0.02)
+    end
+  end
+  return srv
+end
+
+return helper
