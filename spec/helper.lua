@@ -173,4 +173,49 @@ function helper.start_nginx(opts)
   return srv
 end
 
+--- A plain HTTP request through luasocket (independent of pksync's client).
+-- @return status, body, headers
+function helper.http(method, url, body, headers)
+  local http = require "socket.http"
+  local ltn12 = require "ltn12"
+  local chunks = {}
+  headers = headers or {}
+  if body then
+    headers["content-length"] = tostring(#body)
+    headers["content-type"] = headers["content-type"] or "application/json"
+  end
+  local _, status, resp_headers = http.request {
+    method = method, url = url, headers = headers,
+    source = body and ltn12.source.string(body) or nil,
+    sink = ltn12.sink.table(chunks),
+  }
+  return status, table.concat(chunks), resp_headers
+end
+
+--- Start the scripted peer (spec/fixtures/peer.lua) in nginx.
+-- The returned server has scenario(path, spec), requests(), reset().
+function helper.start_peer(opts)
+  local cjson = require "cjson"
+  opts = opts or {}
+  opts.name = opts.name or "peer"
+  opts.server = [[
+    location /__control/ { content_by_lua_block { require("fixtures.peer").control() } }
+    location / { content_by_lua_block { require("fixtures.peer").serve() } }
+]]
+  local srv = helper.start_nginx(opts)
+  function srv.scenario(path, spec)
+    spec.path = path
+    local status, body = helper.http("POST", srv.url .. "/__control/scenario", cjson.encode(spec))
+    assert(status == 200, "peer scenario failed: " .. tostring(body))
+  end
+  function srv.requests()
+    local _, body = helper.http("GET", srv.url .. "/__control/requests")
+    return cjson.decode(body)
+  end
+  function srv.reset()
+    helper.http("POST", srv.url .. "/__control/reset", "{}")
+  end
+  return srv
+end
+
 return helper

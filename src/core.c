@@ -5,15 +5,44 @@
 #include "compat.h"
 #include "http.h"
 #include "json.h"
+#include "pg.h"
 #include "token.h"
+
+#include <time.h>
 
 PK_EXPORT int luaopen_pksync_core(lua_State *L);
 
+static double clock_ms(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+/* now_ms() -> wall-clock milliseconds since the epoch (with fraction). */
+static int l_now_ms(lua_State *L) {
+    lua_pushnumber(L, clock_ms(CLOCK_REALTIME));
+    return 1;
+}
+
+/* monotonic_ms() -> milliseconds on a clock that never jumps (durations). */
+static int l_monotonic_ms(lua_State *L) {
+    lua_pushnumber(L, clock_ms(CLOCK_MONOTONIC));
+    return 1;
+}
+
+static const luaL_Reg clock_funcs[] = {
+    {"now_ms", l_now_ms},
+    {"monotonic_ms", l_monotonic_ms},
+    {NULL, NULL},
+};
+
 int luaopen_pksync_core(lua_State *L) {
     lua_newtable(L);
+    luaL_setfuncs(L, clock_funcs, 0);
     pk_open_token(L);
     pk_open_json(L);
     pk_open_http(L);
+    pk_open_pg(L);
     lua_pushliteral(L, "0.1.0");
     lua_setfield(L, -2, "version");
     return 1;

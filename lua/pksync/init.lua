@@ -1,0 +1,151 @@
+--- pksync: the PhoenixKit Sync cross-site protocol for Lua.
+--
+--     local pksync = require "pksync"
+--     local client = pksync.new{ site_url = "https://me.example" }
+--     local tables, err = client:fetch_sender_tables(conn)
+--
+-- The client object gathers the methods of the modules listed in
+-- `MODULES`; each module holds one concern (notifier, store, server, ...).
+-- @module pksync
+local core = require "pksync.core"
+local util = require "pksync.util"
+
+local type, pairs, ipairs, error, pcall, setmetatable, tostring =
+  type, pairs, ipairs, error, pcall, setmetatable, tostring
+local str_format, str_match = string.format, string.match
+
+local _M = {
+  _VERSION = core.version,
+  --- JSON null / SQL NULL sentinel (equals cjson.null and ngx.null).
+  null = core.null,
+  --- Make an exact decimal from its JSON number text.
+  decimal = core.decimal,
+  --- True for exact decimals made by `decimal` or by the JSON decoder.
+  is_decimal = core.is_decimal,
+  --- Metatable marking a table as a JSON array (so `{}` encodes as `[]`).
+  array_mt = core.array_mt,
+  --- Exact JSON: `json.decode(s)`, `json.encode(v [, {sort_keys=true}])`.
+  json = { decode = core.json_decode, encode = core.json_encode },
+  --- Tokens: `generate()`, `hash(token)`, `equals(a, b)` (constant time).
+  token = { generate = core.token_generate, hash = core.token_hash, equals = core.secure_equals },
+}
+
+--- Mark t (default: a new table) as a JSON array.
+function _M.array(t)
+  return setmetatable(t or {}, core.array_mt)
+end
+
+local Client = {}
+local client_mt = { __index = Client, __name = "pksync.client" }
+
+-- Each module returns a table of methods; a later module may not
+-- silently replace an earlier one's method.
+local MODULES = { "pksync.notifier" }
+for _, name in ipairs(MODULES) do
+  for k, fn in pairs(require(name)) do
+    if type(fn) == "function" and k:sub(1, 1) ~= "_" then
+      if Client[k] then error("pksync: method " .. k .. " defined twice") end
+      Client[k] = fn
+    end
+  end
+end
+
+local DEFAULTS = {
+  prefix = "/phoenix_kit",
+  timeout = 30000,
+  connect_timeout = 10000,
+  pull_timeout = 60000,
+  max_body = 256 * 1024 * 1024,
+  insecure = false,
+  schema = "public",
+}
+
+local OPTION_TYPES = {
+  site_url = "string", prefix = "string", timeout = "number", connect_timeout = "number",
+  pull_timeout = "number", ca_file = "string", insecure = "boolean", logger = "function",
+  db = "string", max_body = "number", schema = "string", store_tables = "table",
+  max_request_body = "number", policy = "table",
+}
+
+local function check_options(opts)
+  for k, v in pairs(opts) do
+    local want = OPTION_TYPES[k]
+    if not want then error(str_format("pksync.new: unknown option %q", tostring(k)), 3) end
+    if type(v) ~= want then
+      error(str_format("pksync.new: option %s must be a %s, got %s", k, want, type(v)), 3)
+    end
+  end
+  if opts.site_url and not str_match(opts.site_url, "^https?://[^/]") then
+    error("pksync.new: site_url must be an http(s) URL", 3)
+  end
+  for _, k in ipairs { "timeout", "connect_timeout", "pull_timeout", "max_body" } do
+    if opts[k] and opts[k] <= 0 then error("pksync.new: " .. k .. " must be positive", 3) end
+  end
+end
+
+--- Create a client.
+-- @tparam table opts `site_url` (our public URL), `prefix` ("/phoenix_kit"),
+--   `timeout` (ms, 30000), `connect_timeout` (ms, 10000), `pull_timeout`
+--   (ms, 60000), `ca_file`, `insecure` (false), `logger(level, msg)`,
+--   `db` (libpq conninfo of the local database), `max_body` (bytes).
+-- @return the client; raises on invalid options
+function _M.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("pksync.new: options must be a table", 2) end
+  check_options(opts)
+  local self = {}
+  for k, v in pairs(DEFAULTS) do self[k] = v end
+  for k, v in pairs(opts) do self[k] = v end
+  self.prefix = util.normalize_prefix(self.prefix)
+  return setmetatable(self, client_mt)
+end
+
+--- The client's HTTP handle (created on first use, reused: keep-alive).
+function Client:http()
+  local h = self._http
+  if not h then
+    h = core.http_new {
+      timeout = self.timeout, connect_timeout = self.connect_timeout,
+      ca_file = self.ca_file, insecure = self.insecure, max_body = self.max_body,
+      user_agent = "PhoenixKit-Sync/1.0 pksync/" .. core.version,
+    }
+    self._http = h
+  end
+  return h
+end
+
+--- The client's database handle (connected on first use).
+-- @return handle, or nil, err when there is no `db` option or no connection
+function Client:database()
+  local db = self._db
+  if db and db:is_open() then return db end
+  if not self.db then return nil, "no_database", { message = "pksync.new was given no db" } end
+  if db then db:close() end
+  local err
+  db, err = core.pg_connect(self.db)
+  if not db then
+    return nil, "database_unavailable", { message = err }
+  end
+  self._db = db
+  return db
+end
+
+--- Log through the user's logger; a failing logger never breaks a call.
+-- Messages must already be free of secrets (see util.redact).
+function Client:log(level, fmt, ...)
+  local logger = self.logger
+  if not logger then return end
+  local ok, msg = pcall(str_format, fmt, ...)
+  if not ok then msg = fmt end
+  pcall(logger, level, msg)
+end
+
+--- Close the HTTP and database handles (the client may be used again:
+-- they reopen on demand).
+function Client:close()
+  if self._http then self._http:close() self._http = nil end
+  if self._db then self._db:close() self._db = nil end
+end
+
+_M.Client = Client
+return _M

@@ -1,0 +1,28 @@
+/*
+ * pg.h - libpq connection userdata.
+ *
+ * Lua sees `core.pg_connect(conninfo)` and a handle with query / exec /
+ * copy_in / escape_identifier / close. Every value travels as a query
+ * parameter; identifiers go through PQescapeIdentifier. Other C files
+ * (import, export) borrow the PGconn of a handle through pk_pg_conn.
+ */
+#ifndef PKSYNC_PG_H
+#define PKSYNC_PG_H
+
+#include <lua.h>
+#include <libpq-fe.h>
+
+#define PK_PG_MT "pksync.pg"
+
+/* The open PGconn of the handle at idx; raises if it is not a handle or
+ * is closed. */
+PGconn *pk_pg_conn(lua_State *L, int idx);
+
+/* Push nil, message, detail for a failed result (res may be NULL, then
+ * the connection's error is used). Returns 3 (values pushed). Clears
+ * nothing: the caller owns res. */
+int pk_pg_push_error(lua_State *L, PGconn *conn, const PGresult *res);
+
+void pk_open_pg(lua_State *L);
+
+#endif
