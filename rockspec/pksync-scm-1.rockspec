@@ -1,0 +1,45 @@
+package = "pksync"
+version = "scm-1"
+source = {
+  url = "git+https://github.com/pksync/pksync.git",
+}
+description = {
+  summary = "PhoenixKit Sync cross-site protocol for Lua: connections, table pulls into PostgreSQL, and the serving API",
+  detailed = [[
+pksync lets a Lua site (Lua 5.4, or LuaJIT inside nginx/OpenResty) speak the
+PhoenixKit Sync protocol: create and notify token-based connections, list a
+peer's tables, preview rows and schemas, pull tables into its own PostgreSQL
+with a conflict strategy, and serve the same API. A C core does HTTP
+(libcurl), exact JSON, hashing (libcrypto) and row import (libpq, COPY).
+]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.1, < 5.5",
+}
+external_dependencies = {
+  -- Debian keeps curl.h under the multiarch include directory, which the
+  -- compiler searches by itself; check for the library only.
+  CURL = { library = "curl" },
+  PQ = { header = "postgresql/libpq-fe.h", library = "pq" },
+  CRYPTO = { header = "openssl/evp.h", library = "crypto" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["pksync.core"] = {
+      sources = {
+        "src/base64.c", "src/buf.c", "src/core.c", "src/http.c", "src/json.c",
+        "src/pg.c", "src/pgarray.c", "src/token.c",
+      },
+      defines = { "_POSIX_C_SOURCE=200809L" },
+      incdirs = { "$(CURL_INCDIR)", "$(PQ_INCDIR)/postgresql", "$(CRYPTO_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(PQ_LIBDIR)", "$(CRYPTO_LIBDIR)" },
+      libraries = { "curl", "pq", "crypto" },
+    },
+    ["pksync"] = "lua/pksync/init.lua",
+    ["pksync.notifier"] = "lua/pksync/notifier.lua",
+    ["pksync.transport"] = "lua/pksync/transport.lua",
+    ["pksync.util"] = "lua/pksync/util.lua",
+  },
+}
