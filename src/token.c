@@ -5,6 +5,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "base64.h"
 #include "compat.h"
@@ -80,7 +82,80 @@ static int l_random_bytes(lua_State *L) {
     return 1;
 }
 
+/*
+ * Stored passwords (the incoming password, download passwords) are hashed
+ * with PBKDF2-HMAC-SHA256 and a random salt, so a leaked store does not
+ * give them away cheaply. Format: "pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>".
+ */
+#define PW_ITERATIONS 100000
+#define PW_SALT_BYTES 16
+#define PW_HASH_BYTES 32
+
+static int pbkdf2(const char *pw, size_t n, const unsigned char *salt, size_t saltlen,
+                  int iterations, unsigned char out[PW_HASH_BYTES]) {
+    return PKCS5_PBKDF2_HMAC(pw, (int)n, salt, (int)saltlen, iterations, EVP_sha256(),
+                             PW_HASH_BYTES, out) == 1;
+}
+
+/* password_hash(pw) -> "pbkdf2-sha256$..." */
+static int l_password_hash(lua_State *L) {
+    size_t n;
+    const char *pw = luaL_checklstring(L, 1, &n);
+    luaL_argcheck(L, n <= 1024, 1, "password longer than 1024 bytes");
+    unsigned char salt[PW_SALT_BYTES], hash[PW_HASH_BYTES];
+    if (RAND_bytes(salt, sizeof salt) != 1 || !pbkdf2(pw, n, salt, sizeof salt, PW_ITERATIONS, hash))
+        return luaL_error(L, "pksync: libcrypto failed to hash a password");
+    pk_buf out = PK_BUF_INIT;
+    pk_buf_addf(&out, "pbkdf2-sha256$%d$", PW_ITERATIONS);
+    pk_base64_encode(&out, salt, sizeof salt);
+    pk_buf_addc(&out, '$');
+    pk_base64_encode(&out, hash, sizeof hash);
+    OPENSSL_cleanse(hash, sizeof hash);
+    if (out.failed) {
+        pk_buf_free(&out);
+        return luaL_error(L, "pksync: out of memory");
+    }
+    lua_pushlstring(L, out.data, out.len);
+    pk_buf_free(&out);
+    return 1;
+}
+
+/* Split "pbkdf2-sha256$iter$salt$hash" and decode; 0 when malformed. */
+static int parse_stored(const char *s, int *iterations, pk_buf *salt, pk_buf *hash) {
+    const char *prefix = "pbkdf2-sha256$";
+    size_t plen = strlen(prefix);
+    if (strncmp(s, prefix, plen) != 0) return 0;
+    char *end;
+    long it = strtol(s + plen, &end, 10);
+    if (*end != '$' || it < 1000 || it > 10000000) return 0;
+    const char *salt_b64 = end + 1, *sep = strchr(salt_b64, '$');
+    if (!sep) return 0;
+    *iterations = (int)it;
+    return pk_base64_decode(salt, salt_b64, (size_t)(sep - salt_b64)) &&
+           pk_base64_decode(hash, sep + 1, strlen(sep + 1)) && hash->len == PW_HASH_BYTES;
+}
+
+/* password_verify(pw, stored) -> boolean (false for a malformed stored value). */
+static int l_password_verify(lua_State *L) {
+    size_t n;
+    const char *pw = luaL_checklstring(L, 1, &n);
+    const char *stored = luaL_checkstring(L, 2);
+    pk_buf salt = PK_BUF_INIT, hash = PK_BUF_INIT;
+    int iterations = 0, ok = 0;
+    unsigned char got[PW_HASH_BYTES];
+    if (n <= 1024 && parse_stored(stored, &iterations, &salt, &hash) &&
+        pbkdf2(pw, n, (unsigned char *)salt.data, salt.len, iterations, got))
+        ok = CRYPTO_memcmp(got, hash.data, PW_HASH_BYTES) == 0;
+    OPENSSL_cleanse(got, sizeof got);
+    pk_buf_free(&salt);
+    pk_buf_free(&hash);
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
 static const luaL_Reg token_funcs[] = {
+    {"password_hash", l_password_hash},
+    {"password_verify", l_password_verify},
     {"token_generate", l_token_generate},
     {"token_hash", l_sha256_hex},
     {"sha256_hex", l_sha256_hex},

@@ -9,6 +9,7 @@
 -- @module pksync
 local core = require "pksync.core"
 local util = require "pksync.util"
+local schema = require "pksync.schema"
 
 local type, pairs, ipairs, error, pcall, setmetatable, tostring =
   type, pairs, ipairs, error, pcall, setmetatable, tostring
@@ -40,7 +41,7 @@ local client_mt = { __index = Client, __name = "pksync.client" }
 
 -- Each module returns a table of methods; a later module may not
 -- silently replace an earlier one's method.
-local MODULES = { "pksync.notifier" }
+local MODULES = { "pksync.notifier", "pksync.store" }
 for _, name in ipairs(MODULES) do
   for k, fn in pairs(require(name)) do
     if type(fn) == "function" and k:sub(1, 1) ~= "_" then
@@ -97,6 +98,7 @@ function _M.new(opts)
   for k, v in pairs(DEFAULTS) do self[k] = v end
   for k, v in pairs(opts) do self[k] = v end
   self.prefix = util.normalize_prefix(self.prefix)
+  self.store_tables = schema.table_names(opts.store_tables)
   return setmetatable(self, client_mt)
 end
 
@@ -125,6 +127,12 @@ function Client:database()
   db, err = core.pg_connect(self.db)
   if not db then
     return nil, "database_unavailable", { message = err }
+  end
+  -- Timestamps read back from the store are printed in UTC, ISO style.
+  local ok, serr = db:exec("SET TimeZone TO 'UTC'; SET DateStyle TO 'ISO, YMD'")
+  if not ok then
+    db:close()
+    return nil, "database_unavailable", { message = serr }
   end
   self._db = db
   return db

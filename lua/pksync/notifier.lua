@@ -46,9 +46,11 @@ end
 -- @return res or nil, err, detail
 local function call(self, conn, endpoint, body, opts, method)
   opts = opts or {}
+  local prefix = conn.prefix
+  if util.is_null(prefix) then prefix = self.prefix end
   return transport.request(self:http(), {
     method = method or "POST",
-    url = transport.endpoint_url(conn.site_url, conn.prefix or self.prefix, endpoint),
+    url = transport.endpoint_url(conn.site_url, prefix, endpoint),
     body = body,
     timeout = opts.timeout,
     connect_timeout = opts.connect_timeout,

@@ -65,6 +65,13 @@ function _M.copy(t)
   return out
 end
 
+--- The current UTC time as ISO 8601 with milliseconds ("2026-01-02T03:04:05.678Z").
+function _M.iso_now()
+  local ms = core.now_ms()
+  local secs = math.floor(ms / 1000)
+  return os.date("!%Y-%m-%dT%H:%M:%S", secs) .. str_format(".%03dZ", math.floor(ms - secs * 1000))
+end
+
 --- Milliseconds since the epoch (wall clock), for durations and timestamps.
 function _M.now_ms()
   return core.now_ms()

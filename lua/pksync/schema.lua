@@ -1,0 +1,132 @@
+--- The store's DDL: connections, transfers and settings tables.
+--
+-- Columns mirror what PhoenixKit keeps for the same things
+-- (phoenix_kit_sync_connections / _transfers), plus what pksync needs to
+-- enforce limits itself (rate window, constant-time lookup key).
+-- @module pksync.schema
+local util = require "pksync.util"
+
+local str_format, pairs, error, tostring = string.format, pairs, error, tostring
+local tbl_concat = table.concat
+
+local _M = {}
+
+--- Default table names; `pksync.new{store_tables = {...}}` overrides them.
+_M.DEFAULT_TABLES = {
+  connections = "pksync_connections",
+  transfers = "pksync_transfers",
+  settings = "pksync_settings",
+}
+
+--- Resolve the store's table names (validated identifiers).
+function _M.table_names(custom)
+  local names = {}
+  for k, v in pairs(_M.DEFAULT_TABLES) do names[k] = (custom and custom[k]) or v end
+  for k, v in pairs(custom or {}) do
+    if not _M.DEFAULT_TABLES[k] then error("store_tables: unknown key " .. tostring(k), 3) end
+    if not util.valid_ident(v) then error("store_tables: invalid table name for " .. k, 3) end
+  end
+  return names
+end
+
+local CONNECTIONS = [[
+CREATE TABLE IF NOT EXISTS %s (
+  uuid uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  name text NOT NULL,
+  direction text NOT NULL CHECK (direction IN ('sender', 'receiver')),
+  site_url text NOT NULL,
+  prefix text,
+  auth_token_hash text NOT NULL,
+  auth_lookup text NOT NULL,
+  status text NOT NULL DEFAULT 'pending'
+    CHECK (status IN ('pending', 'active', 'suspended', 'revoked', 'expired')),
+  approval_mode text NOT NULL DEFAULT 'auto_approve',
+  allowed_tables text[] NOT NULL DEFAULT '{}',
+  excluded_tables text[] NOT NULL DEFAULT '{}',
+  auto_approve_tables text[] NOT NULL DEFAULT '{}',
+  expires_at timestamptz,
+  max_downloads integer,
+  downloads_used integer NOT NULL DEFAULT 0,
+  max_records_total bigint,
+  records_downloaded bigint NOT NULL DEFAULT 0,
+  max_records_per_request integer NOT NULL DEFAULT 10000 CHECK (max_records_per_request > 0),
+  rate_limit_requests_per_minute integer NOT NULL DEFAULT 60,
+  download_password_hash text,
+  ip_whitelist text[] NOT NULL DEFAULT '{}',
+  allowed_hours_start integer CHECK (allowed_hours_start BETWEEN 0 AND 23),
+  allowed_hours_end integer CHECK (allowed_hours_end BETWEEN 0 AND 23),
+  default_conflict_strategy text NOT NULL DEFAULT 'skip'
+    CHECK (default_conflict_strategy IN ('skip', 'overwrite', 'merge', 'append')),
+  auto_sync_enabled boolean NOT NULL DEFAULT false,
+  auto_sync_tables text[] NOT NULL DEFAULT '{}',
+  auto_sync_interval_minutes integer NOT NULL DEFAULT 60,
+  approved_at timestamptz,
+  suspended_at timestamptz,
+  suspended_reason text,
+  revoked_at timestamptz,
+  revoked_reason text,
+  last_connected_at timestamptz,
+  last_transfer_at timestamptz,
+  total_transfers integer NOT NULL DEFAULT 0,
+  total_records_transferred bigint NOT NULL DEFAULT 0,
+  total_bytes_transferred bigint NOT NULL DEFAULT 0,
+  rate_window_start timestamptz,
+  rate_window_count integer NOT NULL DEFAULT 0,
+  metadata jsonb NOT NULL DEFAULT '{}',
+  inserted_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (site_url, direction)
+);
+CREATE INDEX IF NOT EXISTS %s ON %s (auth_lookup);
+CREATE INDEX IF NOT EXISTS %s ON %s (status);
+]]
+
+local TRANSFERS = [[
+CREATE TABLE IF NOT EXISTS %s (
+  uuid uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  direction text NOT NULL CHECK (direction IN ('send', 'receive')),
+  connection_uuid uuid REFERENCES %s (uuid) ON DELETE SET NULL,
+  remote_site_url text,
+  table_name text NOT NULL,
+  records_requested bigint NOT NULL DEFAULT 0,
+  records_transferred bigint NOT NULL DEFAULT 0,
+  records_created bigint NOT NULL DEFAULT 0,
+  records_updated bigint NOT NULL DEFAULT 0,
+  records_skipped bigint NOT NULL DEFAULT 0,
+  records_failed bigint NOT NULL DEFAULT 0,
+  bytes_transferred bigint NOT NULL DEFAULT 0,
+  conflict_strategy text,
+  status text NOT NULL DEFAULT 'pending'
+    CHECK (status IN ('pending', 'in_progress', 'completed', 'failed', 'cancelled')),
+  error_message text,
+  cursor text,
+  requester_ip text,
+  metadata jsonb NOT NULL DEFAULT '{}',
+  started_at timestamptz,
+  completed_at timestamptz,
+  inserted_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS %s ON %s (connection_uuid, table_name);
+]]
+
+local SETTINGS = [[
+CREATE TABLE IF NOT EXISTS %s (
+  key text PRIMARY KEY,
+  value jsonb NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+]]
+
+--- The whole DDL for the given table names, safe to run repeatedly.
+function _M.ddl(names)
+  local q = util.quote_ident
+  local c, t, s = names.connections, names.transfers, names.settings
+  return tbl_concat({
+    "SELECT pg_advisory_xact_lock(hashtext('pksync.migrate'));",
+    str_format(CONNECTIONS, q(c), q(c .. "_lookup_idx"), q(c), q(c .. "_status_idx"), q(c)),
+    str_format(TRANSFERS, q(t), q(c), q(t .. "_conn_table_idx"), q(t)),
+    str_format(SETTINGS, q(s)),
+  }, "\n")
+end
+
+return _M

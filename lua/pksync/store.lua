@@ -1,0 +1,566 @@
+--- The connection store: migrations, connections, transfers, settings.
+--
+-- Everything lives in the local PostgreSQL (the client's `db`). Every value
+-- travels as a query parameter; the only identifiers spliced into SQL are
+-- the store's own validated table names and column names from the fixed
+-- lists below.
+-- @module pksync.store
+local core = require "pksync.core"
+local util = require "pksync.util"
+local schema = require "pksync.schema"
+
+local type, pairs, ipairs, error, tostring, select = type, pairs, ipairs, error, tostring, select
+local setmetatable = setmetatable
+local unpack = table.unpack or unpack -- luacheck: ignore (5.1 global)
+local str_format, tbl_concat, tbl_sort = string.format, table.concat, table.sort
+local null = core.null
+local json_encode, json_decode = core.json_encode, core.json_decode
+
+local _M = {}
+
+local STATUSES = { pending = true, active = true, suspended = true, revoked = true, expired = true }
+local DIRECTIONS = { sender = true, receiver = true }
+_M.STRATEGIES = { skip = true, overwrite = true, merge = true, append = true }
+_M.INCOMING_MODES = { auto_accept = true, require_approval = true, require_password = true, deny_all = true }
+
+-- Columns a caller may set, with their SQL type. Keys of caller tables are
+-- checked against this list before anything reaches SQL.
+local SETTABLE = {
+  name = "text", site_url = "text", prefix = "text", approval_mode = "text",
+  allowed_tables = "text[]", excluded_tables = "text[]", auto_approve_tables = "text[]",
+  expires_at = "timestamptz", max_downloads = "integer", max_records_total = "bigint",
+  max_records_per_request = "integer", rate_limit_requests_per_minute = "integer",
+  ip_whitelist = "text[]", allowed_hours_start = "integer", allowed_hours_end = "integer",
+  default_conflict_strategy = "text", auto_sync_enabled = "boolean",
+  auto_sync_tables = "text[]", auto_sync_interval_minutes = "integer", metadata = "jsonb",
+  download_password = "password",
+}
+
+local LUA_TYPES = {
+  text = "string", ["text[]"] = "table", timestamptz = "string", integer = "number",
+  bigint = "number", boolean = "boolean", jsonb = "table", password = "string",
+}
+
+------------------------------------------------------------------------------
+-- helpers
+
+local function db_or_err(self)
+  return self:database()
+end
+
+local function tname(self, which)
+  return util.quote_ident(self.store_tables[which])
+end
+
+--- SQL expression turning parameter $n into a value of the given type.
+local function param_expr(sqltype, n)
+  if sqltype == "text[]" then
+    return str_format("ARRAY(SELECT jsonb_array_elements_text($%d::jsonb))", n)
+  elseif sqltype == "password" then
+    return str_format("$%d::text", n)
+  end
+  return str_format("$%d::%s", n, sqltype)
+end
+
+--- A caller's value as a parameter for the given type.
+local function param_value(sqltype, v)
+  if v == nil or v == null then return null end
+  if sqltype == "text[]" then return json_encode(setmetatable(util.copy(v), core.array_mt)) end
+  if sqltype == "jsonb" then return json_encode(v) end
+  if sqltype == "password" then return v ~= "" and core.password_hash(v) or null end
+  return v
+end
+
+local function check_settable(attrs, fname)
+  for k, v in pairs(attrs) do
+    local sqltype = SETTABLE[k]
+    if not sqltype then error(str_format("%s: unknown or read-only field %q", fname, tostring(k)), 3) end
+    if v ~= null and type(v) ~= LUA_TYPES[sqltype] then
+      error(str_format("%s: field %s must be a %s, got %s", fname, k, LUA_TYPES[sqltype], type(v)), 3)
+    end
+  end
+  if attrs.default_conflict_strategy and not _M.STRATEGIES[attrs.default_conflict_strategy] then
+    error(fname .. ": default_conflict_strategy must be skip, overwrite, merge or append", 3)
+  end
+  if attrs.site_url and not attrs.site_url:match("^https?://[^/]") then
+    error(fname .. ": site_url must be an http(s) URL", 3)
+  end
+end
+
+--- Sorted keys, so generated SQL is stable.
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  tbl_sort(keys)
+  return keys
+end
+
+local function column_of(field)
+  return field == "download_password" and "download_password_hash" or field
+end
+
+--- A store row as a connection table (metadata decoded, hashes kept).
+local function to_conn(row)
+  if type(row.metadata) == "string" then row.metadata = json_decode(row.metadata) or {} end
+  row.auth_lookup = nil
+  row.rate_window_start, row.rate_window_count = nil, nil
+  return row
+end
+
+local function one(rows, err, detail)
+  if not rows then return nil, err, detail end
+  if not rows[1] then return nil, "not_found", { message = "no such connection" } end
+  return to_conn(rows[1])
+end
+
+--- The lookup key for a token hash: a digest of it, so an index lookup
+-- leaks nothing useful about the hash itself (compared in constant time
+-- afterwards).
+local function lookup_key(hash)
+  return core.sha256_hex(hash)
+end
+_M._lookup_key = lookup_key
+
+------------------------------------------------------------------------------
+-- migrations
+
+--- Create the store's tables (idempotent; concurrent calls serialise).
+-- @return true or nil, err, detail
+function _M.migrate(self)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local ok
+  ok, err, detail = db:exec(schema.ddl(self.store_tables))
+  if not ok then return nil, "migration_failed", { message = err, sqlstate = detail and detail.sqlstate } end
+  return true
+end
+
+------------------------------------------------------------------------------
+-- connections
+
+local function insert_connection(self, db, attrs, hash, status)
+  local cols = { "name", "direction", "site_url", "auth_token_hash", "auth_lookup", "status" }
+  local exprs = { "$1", "$2", "$3", "$4", "$5", "$6" }
+  local params = { attrs.name, attrs.direction, attrs.site_url, hash, lookup_key(hash), status }
+  local extra = util.copy(attrs)
+  for _, k in ipairs { "name", "direction", "site_url", "auth_token", "auth_token_hash", "status",
+                       "password", "notify" } do
+    extra[k] = nil
+  end
+  check_settable(extra, "create_connection")
+  for _, k in ipairs(sorted_keys(extra)) do
+    local sqltype = SETTABLE[k]
+    params[#params + 1] = param_value(sqltype, extra[k])
+    cols[#cols + 1] = util.quote_ident(column_of(k))
+    exprs[#exprs + 1] = param_expr(sqltype, #params)
+  end
+  local sql = str_format("INSERT INTO %s (%s) VALUES (%s) RETURNING *", tname(self, "connections"),
+    tbl_concat(cols, ", "), tbl_concat(exprs, ", "))
+  local rows, err, detail = db:query(sql, unpack(params))
+  if not rows then
+    if detail and detail.sqlstate == "23505" then
+      return nil, "already_exists", { message = "a " .. attrs.direction .. " connection for this site exists" }
+    end
+    return nil, "store_failed", { message = err, sqlstate = detail and detail.sqlstate }
+  end
+  return to_conn(rows[1])
+end
+
+local function check_create(attrs)
+  if type(attrs) ~= "table" then error("create_connection: attributes table expected", 3) end
+  if type(attrs.name) ~= "string" or attrs.name == "" then error("create_connection: name required", 3) end
+  if not DIRECTIONS[attrs.direction] then error("create_connection: direction must be sender or receiver", 3) end
+  if type(attrs.site_url) ~= "string" or not attrs.site_url:match("^https?://[^/]") then
+    error("create_connection: site_url must be an http(s) URL", 3)
+  end
+  if attrs.status ~= nil and not STATUSES[attrs.status] then error("create_connection: invalid status", 3) end
+end
+
+--- Record the outcome of register-connection in the connection's metadata.
+local function record_notification(self, conn, result)
+  local note = {
+    notified_at = util.iso_now(), notification_success = result.success,
+    notification_status = result.status, notification_message = result.message,
+    remote_connection_uuid = result.remote_connection_uuid or null,
+    http_status = result.http_status or null,
+  }
+  local meta = util.copy(conn.metadata)
+  meta.remote_notification = note
+  return _M.update_connection(self, conn.uuid, { metadata = meta })
+end
+
+--- Create a connection.
+-- A sender gets a fresh token and, unless `notify = false`, registers itself
+-- on the receiver (the outcome lands in `metadata.remote_notification`).
+-- A receiver needs the raw `auth_token` the sender gave (or its `auth_token_hash`).
+-- @param attrs `name`, `direction`, `site_url`, optional `prefix`, `status`,
+--   `password` (the receiver's incoming password), `notify`, and any settable field
+-- @return conn, raw_token (the only time it exists), or nil, err, detail
+function _M.create_connection(self, attrs)
+  check_create(attrs)
+  local raw, hash = attrs.auth_token, attrs.auth_token_hash
+  if attrs.direction == "sender" then
+    raw = raw or core.token_generate()
+  elseif not raw and not hash then
+    error("create_connection: a receiver needs auth_token (or auth_token_hash)", 2)
+  end
+  if raw then hash = core.token_hash(raw) end
+  local status = attrs.status or (attrs.direction == "sender" and "pending" or "active")
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local conn
+  conn, err, detail = insert_connection(self, db, attrs, hash, status)
+  if not conn then return nil, err, detail end
+  self:log("info", "created %s connection %s to %s (token %s)", conn.direction, conn.uuid,
+    util.base_url(conn.site_url), util.redact(hash))
+  if conn.direction == "sender" and attrs.notify ~= false then
+    local result = self:notify_remote_site(conn, raw, { password = attrs.password })
+    conn = record_notification(self, conn, result) or conn
+  end
+  return conn, raw
+end
+
+--- A connection by uuid.
+-- @return conn or nil, "not_found" (or a store error)
+function _M.get_connection(self, uuid)
+  if type(uuid) ~= "string" then error("get_connection: uuid string expected", 2) end
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  if not uuid:match("^%x+%-%x+%-%x+%-%x+%-%x+$") then return nil, "not_found", { message = "no such connection" } end
+  return one(db:query(str_format("SELECT * FROM %s WHERE uuid = $1::uuid", tname(self, "connections")), uuid))
+end
+
+--- Connections, optionally filtered: `{direction=, status=, site_url=}`.
+-- @return array of connections (newest first) or nil, err, detail
+function _M.list_connections(self, filter)
+  filter = filter or {}
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local where, params = {}, {}
+  for _, k in ipairs { "direction", "status", "site_url" } do
+    if filter[k] ~= nil then
+      params[#params + 1] = filter[k]
+      where[#where + 1] = str_format("%s = $%d", k, #params)
+    end
+  end
+  local sql = str_format("SELECT * FROM %s%s ORDER BY inserted_at DESC, uuid", tname(self, "connections"),
+    #where > 0 and (" WHERE " .. tbl_concat(where, " AND ")) or "")
+  local rows
+  rows, err, detail = db:query(sql, unpack(params))
+  if not rows then return nil, "store_failed", { message = err } end
+  rows.affected = nil
+  for i, r in ipairs(rows) do rows[i] = to_conn(r) end
+  return setmetatable(rows, core.array_mt)
+end
+
+--- Run an UPDATE ... SET <sets> on one connection and return it.
+-- sets: array of {column, sql_expression_with_$n, value}; values become $2..
+local function update_row(self, uuid, sets)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local assigns, params = { "updated_at = now()" }, { uuid }
+  for _, s in ipairs(sets) do
+    if s[3] ~= nil then
+      params[#params + 1] = s[3]
+      assigns[#assigns + 1] = str_format("%s = %s", s[1], s[2]:gsub("%$N", "$" .. #params))
+    else
+      assigns[#assigns + 1] = str_format("%s = %s", s[1], s[2])
+    end
+  end
+  local sql = str_format("UPDATE %s SET %s WHERE uuid = $1::uuid RETURNING *", tname(self, "connections"),
+    tbl_concat(assigns, ", "))
+  local rows
+  rows, err, detail = db:query(sql, unpack(params))
+  if not rows then
+    if detail and detail.sqlstate == "23505" then return nil, "already_exists", { message = err } end
+    if detail and detail.sqlstate == "22P02" then return nil, "not_found", { message = "no such connection" } end
+    return nil, "store_failed", { message = err, sqlstate = detail and detail.sqlstate }
+  end
+  return one(rows)
+end
+_M._update_row = update_row
+
+--- Change settable fields of a connection (not its status, direction or token).
+-- @return conn or nil, err, detail
+function _M.update_connection(self, uuid, attrs)
+  if type(uuid) ~= "string" then error("update_connection: uuid string expected", 2) end
+  if type(attrs) ~= "table" then error("update_connection: attributes table expected", 2) end
+  check_settable(attrs, "update_connection")
+  local sets = {}
+  for _, k in ipairs(sorted_keys(attrs)) do
+    local sqltype = SETTABLE[k]
+    sets[#sets + 1] = { util.quote_ident(column_of(k)), param_expr(sqltype, 0):gsub("%$0", "$N"),
+                        param_value(sqltype, attrs[k]) }
+  end
+  return update_row(self, uuid, sets)
+end
+
+--- Delete a connection, telling the peer first (offline peers are fine).
+-- @return true, remote ("deleted", "not_found", "offline" or an error text), or nil, err, detail
+function _M.delete_connection(self, uuid, opts)
+  local conn, err, detail = _M.get_connection(self, uuid)
+  if not conn then return nil, err, detail end
+  local remote, rerr = self:notify_delete(conn, opts)
+  remote = remote or rerr
+  local db = self:database()
+  local rows
+  rows, err, detail = db:query(str_format("DELETE FROM %s WHERE uuid = $1::uuid", tname(self, "connections")), uuid)
+  if not rows then return nil, "store_failed", { message = err } end
+  self:log("info", "deleted %s connection %s (peer: %s)", conn.direction, uuid, tostring(remote))
+  return true, remote
+end
+
+--- Set a status (and its timestamps); a sender mirrors it on its receiver.
+local function transition(self, uuid, status, sets, mirror)
+  if type(uuid) ~= "string" then error("connection uuid string expected", 3) end
+  local all = { { "status", "$N", status } }
+  for _, s in ipairs(sets) do all[#all + 1] = s end
+  local conn, err, detail = update_row(self, uuid, all)
+  if not conn then return nil, err, detail end
+  local remote = "skipped"
+  if conn.direction == "sender" and mirror then
+    local r, rerr = self:notify_status_change(conn, mirror)
+    remote = r or rerr
+  end
+  self:log("info", "connection %s is now %s (peer: %s)", uuid, status, tostring(remote))
+  return conn, remote
+end
+
+--- Approve a pending connection (sender: mirrored as "active").
+-- @return conn, remote_result or nil, err, detail
+function _M.approve_connection(self, uuid)
+  return transition(self, uuid, "active", { { "approved_at", "now()" } }, "active")
+end
+
+--- Suspend a connection with a reason.
+function _M.suspend_connection(self, uuid, reason)
+  return transition(self, uuid, "suspended",
+    { { "suspended_at", "now()" }, { "suspended_reason", "$N", reason or null } }, "suspended")
+end
+
+--- Reactivate a suspended connection.
+function _M.reactivate_connection(self, uuid)
+  return transition(self, uuid, "active",
+    { { "suspended_at", "NULL" }, { "suspended_reason", "NULL" } }, "active")
+end
+
+--- Revoke a connection for good, with a reason.
+function _M.revoke_connection(self, uuid, reason)
+  return transition(self, uuid, "revoked",
+    { { "revoked_at", "now()" }, { "revoked_reason", "$N", reason or null } }, "revoked")
+end
+
+--- Give a connection a new token. A sender re-registers on its receiver
+-- (the old registration is deleted there first).
+-- @return conn, raw_token or nil, err, detail
+function _M.regenerate_token(self, uuid, opts)
+  local old, err, detail = _M.get_connection(self, uuid)
+  if not old then return nil, err, detail end
+  local raw = core.token_generate()
+  local hash = core.token_hash(raw)
+  local conn
+  conn, err, detail = update_row(self, uuid, {
+    { "auth_token_hash", "$N", hash }, { "auth_lookup", "$N", lookup_key(hash) } })
+  if not conn then return nil, err, detail end
+  if conn.direction == "sender" then
+    self:notify_delete(old, opts)
+    local result = self:notify_remote_site(conn, raw, { password = opts and opts.password })
+    conn = record_notification(self, conn, result) or conn
+  end
+  return conn, raw
+end
+
+------------------------------------------------------------------------------
+-- server-side lookups (constant-time on the hash)
+
+local function match_hash(rows, hash)
+  local found
+  for _, r in ipairs(rows) do
+    -- compare every candidate, so timing does not depend on which matched
+    if core.secure_equals(r.auth_token_hash, hash) then found = r end
+  end
+  return found and to_conn(found) or nil
+end
+
+--- The connection whose peer is `site_url` and whose hash is `hash`
+-- (either direction, as PhoenixKit does).
+function _M.find_by_url_and_hash(self, site_url, hash)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err = db:query(str_format("SELECT * FROM %s WHERE site_url = $1", tname(self, "connections")), site_url)
+  if not rows then return nil, "store_failed", { message = err } end
+  return match_hash(rows, hash) or false
+end
+
+--- The sender connection whose hash is `hash`.
+function _M.find_sender_by_hash(self, hash)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err = db:query(str_format("SELECT * FROM %s WHERE auth_lookup = $1 AND direction = 'sender'",
+    tname(self, "connections")), lookup_key(hash))
+  if not rows then return nil, "store_failed", { message = err } end
+  return match_hash(rows, hash) or false
+end
+
+------------------------------------------------------------------------------
+-- settings
+
+local SETTING_DEFAULTS = { enabled = false, incoming_mode = "require_approval" }
+
+--- The site's sync settings: `{enabled, incoming_mode, password_set}`.
+function _M.get_settings(self)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err = db:query(str_format("SELECT key, value::text AS value FROM %s", tname(self, "settings")))
+  if not rows then return nil, "store_failed", { message = err } end
+  local out = util.copy(SETTING_DEFAULTS)
+  out.password_set = false
+  for _, r in ipairs(rows) do
+    local v = json_decode(r.value)
+    if r.key == "incoming_password_hash" then out.password_set = type(v) == "string"
+    elseif SETTING_DEFAULTS[r.key] ~= nil and type(v) == type(SETTING_DEFAULTS[r.key]) then out[r.key] = v end
+  end
+  return out
+end
+
+local function put_setting(self, db, key, value)
+  return db:query(str_format([[INSERT INTO %s (key, value) VALUES ($1, $2::jsonb)
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()]], tname(self, "settings")),
+    key, json_encode(value))
+end
+
+--- Change settings: `enabled` (boolean), `incoming_mode` (auto_accept,
+-- require_approval, require_password, deny_all), `incoming_password`
+-- (stored as a salted PBKDF2 hash; "" or pksync.null clears it).
+-- @return the new settings or nil, err, detail
+function _M.set_settings(self, attrs)
+  if type(attrs) ~= "table" then error("set_settings: table expected", 2) end
+  for k, v in pairs(attrs) do
+    if k == "enabled" then
+      if type(v) ~= "boolean" then error("set_settings: enabled must be a boolean", 2) end
+    elseif k == "incoming_mode" then
+      if not _M.INCOMING_MODES[v] then error("set_settings: invalid incoming_mode", 2) end
+    elseif k == "incoming_password" then
+      if v ~= null and type(v) ~= "string" then error("set_settings: incoming_password must be a string", 2) end
+    else
+      error("set_settings: unknown setting " .. tostring(k), 2)
+    end
+  end
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  for _, k in ipairs(sorted_keys(attrs)) do
+    local v = attrs[k]
+    local ok
+    if k == "incoming_password" then
+      if v == null or v == "" then
+        ok, err = db:query(str_format("DELETE FROM %s WHERE key = 'incoming_password_hash'", tname(self, "settings")))
+      else
+        ok, err = put_setting(self, db, "incoming_password_hash", core.password_hash(v))
+      end
+    else
+      ok, err = put_setting(self, db, k, v)
+    end
+    if not ok then return nil, "store_failed", { message = err } end
+  end
+  return _M.get_settings(self)
+end
+
+--- Check a password against the stored incoming password.
+-- @return "unset", true (matches) or false
+function _M.check_incoming_password(self, password)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err = db:query(str_format("SELECT value #>> '{}' AS hash FROM %s WHERE key = 'incoming_password_hash'",
+    tname(self, "settings")))
+  if not rows then return nil, "store_failed", { message = err } end
+  if not rows[1] then return "unset" end
+  return type(password) == "string" and core.password_verify(password, rows[1].hash)
+end
+
+------------------------------------------------------------------------------
+-- transfers
+
+local TRANSFER_FIELDS = {
+  direction = "text", connection_uuid = "uuid", remote_site_url = "text", table_name = "text",
+  records_requested = "bigint", records_transferred = "bigint", records_created = "bigint",
+  records_updated = "bigint", records_skipped = "bigint", records_failed = "bigint",
+  bytes_transferred = "bigint", conflict_strategy = "text", status = "text", error_message = "text",
+  cursor = "text", requester_ip = "text", metadata = "jsonb", started_at = "timestamptz",
+  completed_at = "timestamptz",
+}
+
+--- Columns, SQL expressions and parameters for transfer fields; the
+-- first parameter is $first. A timestamp given as "now" is the server's now().
+local function transfer_params(attrs, first)
+  local cols, exprs, params = {}, {}, {}
+  for _, k in ipairs(sorted_keys(attrs)) do
+    local sqltype = TRANSFER_FIELDS[k]
+    if not sqltype then error("transfer: unknown field " .. tostring(k), 3) end
+    local v = attrs[k]
+    cols[#cols + 1] = util.quote_ident(k)
+    if sqltype == "timestamptz" and v == "now" then
+      exprs[#exprs + 1] = "now()"
+    else
+      if sqltype == "jsonb" and v ~= null then v = json_encode(v) end
+      params[#params + 1] = v
+      exprs[#exprs + 1] = str_format("$%d::%s", #params + first - 1, sqltype)
+    end
+  end
+  return cols, exprs, params
+end
+
+--- Record a transfer. attrs: direction ("send"/"receive"), table_name, ...;
+-- timestamps accept "now".
+-- @return transfer row or nil, err, detail
+function _M.create_transfer(self, attrs)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local cols, exprs, params = transfer_params(attrs, 1)
+  local rows
+  rows, err, detail = db:query(str_format("INSERT INTO %s (%s) VALUES (%s) RETURNING *", tname(self, "transfers"),
+    tbl_concat(cols, ", "), tbl_concat(exprs, ", ")), unpack(params))
+  if not rows then return nil, "store_failed", { message = err, sqlstate = detail and detail.sqlstate } end
+  return rows[1]
+end
+
+--- Update a transfer's fields.
+function _M.update_transfer(self, uuid, attrs)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local cols, exprs, params = transfer_params(attrs, 2)
+  local sets = {}
+  for i, c in ipairs(cols) do sets[i] = c .. " = " .. exprs[i] end
+  local rows
+  rows, err, detail = db:query(str_format("UPDATE %s SET %s WHERE uuid = $1::uuid RETURNING *",
+    tname(self, "transfers"), tbl_concat(sets, ", ")), uuid, unpack(params))
+  if not rows then return nil, "store_failed", { message = err, sqlstate = detail and detail.sqlstate } end
+  return rows[1]
+end
+
+--- Transfers, newest first: filter `{connection_uuid=, table_name=, direction=, status=, limit=}`.
+function _M.list_transfers(self, filter)
+  filter = filter or {}
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local where, params = {}, {}
+  for _, k in ipairs { "connection_uuid", "table_name", "direction", "status" } do
+    if filter[k] ~= nil then
+      params[#params + 1] = filter[k]
+      where[#where + 1] = str_format("%s = $%d::%s", k, #params, TRANSFER_FIELDS[k])
+    end
+  end
+  params[#params + 1] = filter.limit or 100
+  local rows
+  rows, err = db:query(str_format("SELECT * FROM %s%s ORDER BY inserted_at DESC LIMIT $%d::int",
+    tname(self, "transfers"), #where > 0 and (" WHERE " .. tbl_concat(where, " AND ")) or "", #params),
+    unpack(params))
+  if not rows then return nil, "store_failed", { message = err } end
+  rows.affected = nil
+  return setmetatable(rows, core.array_mt)
+end
+
+return _M
