@@ -32,21 +32,28 @@ COREJIT = build/jit/pksync/core.so
 
 all: $(CORE54) $(COREJIT)
 
+# V=1 shows the full compiler command lines.
+Q = $(if $(V),,@)
+
 build/obj54/%.o: src/%.c $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS_ALL) -I$(LUA_INCDIR) -c $< -o $@
+	@$(if $(V),,echo "  CC    $@")
+	$(Q)$(CC) $(CFLAGS_ALL) -I$(LUA_INCDIR) -c $< -o $@
 
 build/objjit/%.o: src/%.c $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS_ALL) -I$(LUAJIT_INCDIR) -c $< -o $@
+	@$(if $(V),,echo "  CC    $@")
+	$(Q)$(CC) $(CFLAGS_ALL) -I$(LUAJIT_INCDIR) -c $< -o $@
 
 $(CORE54): $(OBJS54)
 	@mkdir -p $(@D)
-	$(CC) -shared -o $@ $^ $(LIBS)
+	@$(if $(V),,echo "  LINK  $@")
+	$(Q)$(CC) -shared -o $@ $^ $(LIBS)
 
 $(COREJIT): $(OBJSJIT)
 	@mkdir -p $(@D)
-	$(CC) -shared -o $@ $^ $(LIBS)
+	@$(if $(V),,echo "  LINK  $@")
+	$(Q)$(CC) -shared -o $@ $^ $(LIBS)
 
 deps:
 	@scripts/deps.sh

@@ -1,6 +1,10 @@
 /* base64.c - RFC 4648 encode/decode (see base64.h). */
 #include "base64.h"
 
+#include <lauxlib.h>
+
+#include "compat.h"
+
 static const char STD[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 static const char URL[] =
@@ -68,4 +72,50 @@ int pk_base64_decode(pk_buf *out, const char *src, size_t n) {
         pk_buf_addc(out, (char)((c & 3) << 6 | d));
     }
     return !out->failed;
+}
+
+/* ---- Lua bindings ------------------------------------------------------- */
+
+/* base64_encode(s) -> standard base64 with padding. */
+static int l_base64_encode(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    pk_buf out = PK_BUF_INIT;
+    pk_base64_encode(&out, (const unsigned char *)s, n);
+    if (out.failed) {
+        pk_buf_free(&out);
+        return luaL_error(L, "pksync: out of memory");
+    }
+    luaL_addlstring(&b, out.data, out.len); /* may raise: copy first, then free */
+    pk_buf_free(&out);
+    luaL_pushresult(&b);
+    return 1;
+}
+
+/* base64_decode(s) -> bytes, or nil, err for malformed input. */
+static int l_base64_decode(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    pk_buf out = PK_BUF_INIT;
+    if (!pk_base64_decode(&out, s, n)) {
+        pk_buf_free(&out);
+        lua_pushnil(L);
+        lua_pushliteral(L, "invalid base64");
+        return 2;
+    }
+    lua_pushlstring(L, out.data ? out.data : "", out.len);
+    pk_buf_free(&out);
+    return 1;
+}
+
+static const luaL_Reg base64_funcs[] = {
+    {"base64_encode", l_base64_encode},
+    {"base64_decode", l_base64_decode},
+    {NULL, NULL},
+};
+
+void pk_open_base64(lua_State *L) {
+    luaL_setfuncs(L, base64_funcs, 0);
 }

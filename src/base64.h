@@ -16,4 +16,8 @@ void pk_base64url_encode(pk_buf *out, const unsigned char *src, size_t n);
  * malformed input (bad character, bad length, bad padding). */
 int pk_base64_decode(pk_buf *out, const char *src, size_t n);
 
+#include <lua.h>
+/* Register base64_encode / base64_decode into the module table on top. */
+void pk_open_base64(lua_State *L);
+
 #endif

@@ -2,7 +2,9 @@
  * core.c - luaopen_pksync_core: the only exported symbol. Each concern
  * registers its functions into one module table.
  */
+#include "base64.h"
 #include "compat.h"
+#include "export.h"
 #include "http.h"
 #include "json.h"
 #include "pg.h"
@@ -40,9 +42,11 @@ int luaopen_pksync_core(lua_State *L) {
     lua_newtable(L);
     luaL_setfuncs(L, clock_funcs, 0);
     pk_open_token(L);
+    pk_open_base64(L);
     pk_open_json(L);
     pk_open_http(L);
     pk_open_pg(L);
+    pk_open_export(L);
     lua_pushliteral(L, "0.1.0");
     lua_setfield(L, -2, "version");
     return 1;

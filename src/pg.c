@@ -285,6 +285,10 @@ static const char *param_text(lua_State *L, int idx) {
     return NULL;
 }
 
+const char *pk_pg_param_text(lua_State *L, int idx) {
+    return param_text(L, idx);
+}
+
 /* Collect parameters first..top into a values array held in a userdata. */
 static const char **collect_params(lua_State *L, int first, int nparams) {
     luaL_argcheck(L, nparams <= 65535, first, "too many parameters");

@@ -23,6 +23,13 @@ PGconn *pk_pg_conn(lua_State *L, int idx);
  * nothing: the caller owns res. */
 int pk_pg_push_error(lua_State *L, PGconn *conn, const PGresult *res);
 
+/* The SQL text of the Lua value at idx as a query parameter, exactly as
+ * db:query converts it: NULL for nil / null, "true"/"false" for booleans,
+ * exact digits for numbers. When the text is a new Lua string it is pushed
+ * onto the stack (the caller anchors it until the query has run). Raises
+ * for values with no SQL text. */
+const char *pk_pg_param_text(lua_State *L, int idx);
+
 void pk_open_pg(lua_State *L);
 
 #endif

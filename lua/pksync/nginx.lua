@@ -1,0 +1,174 @@
+--- pksync inside nginx (ngx_lua): serve the sync API and make client calls
+-- without blocking the event loop.
+--
+-- libpq and libcurl calls block. A blocked nginx worker stalls every
+-- request it holds, so all pksync work runs in an nginx thread pool through
+-- `ngx.run_worker_thread`. Each pool thread has its own Lua VM, in which
+-- this module keeps one client per configuration: that client's database
+-- connection and HTTP keep-alive survive between requests of that thread.
+--
+--     thread_pool pksync threads=4;
+--     location /phoenix_kit/sync/api/ {
+--       content_by_lua_block {
+--         require("pksync.nginx").serve { db = "postgresql:///site", site_url = "https://me.example" }
+--       }
+--     }
+-- @module pksync.nginx
+local pksync = require "pksync"
+
+local type, pairs, ipairs, tostring, tonumber, loadfile = type, pairs, ipairs, tostring, tonumber, loadfile
+local io_open = io.open
+
+local _M = {}
+
+local DEFAULT_POOL = "pksync"
+local DEFAULT_MAX_REQUEST_BODY = 1024 * 1024
+
+-- Keys of a config that are the adapter's own, not pksync.new options.
+local ADAPTER_KEYS = { thread_pool = true, policy_file = true }
+
+------------------------------------------------------------------------------
+-- worker-thread side (runs in a pool thread's own Lua VM)
+
+local clients = {}   -- config fingerprint -> client, per thread VM
+local log_lines      -- log lines of the current call, handed back to nginx
+
+local function fingerprint(config)
+  return pksync.json.encode(config, { sort_keys = true })
+end
+
+local function thread_logger(level, msg)
+  if log_lines then log_lines[#log_lines + 1] = { level, msg } end
+end
+
+local function load_policy(path)
+  local chunk, err = loadfile(path)
+  if not chunk then error("cannot load policy " .. path .. ": " .. err) end
+  local policy = chunk()
+  if type(policy) ~= "table" then error("policy " .. path .. " must return a table") end
+  return policy
+end
+
+local function thread_client(config)
+  local key = fingerprint(config)
+  local client = clients[key]
+  if client then return client end
+  local opts = { logger = thread_logger }
+  for k, v in pairs(config) do
+    if not ADAPTER_KEYS[k] then opts[k] = v end
+  end
+  if config.policy_file then opts.policy = load_policy(config.policy_file) end
+  client = pksync.new(opts)
+  clients[key] = client
+  return client
+end
+
+--- (pool thread) Answer one request; returns status, headers, body, logs.
+function _M.thread_handle(config, req)
+  log_lines = {}
+  local res = thread_client(config):handle(req)
+  local logs = log_lines
+  log_lines = nil
+  return res.status, res.headers, res.body, logs
+end
+
+--- (pool thread) Run one client method; returns logs and its results.
+function _M.thread_call(config, method, ...)
+  log_lines = {}
+  local client = thread_client(config)
+  local fn = client[method]
+  if type(fn) ~= "function" then error("pksync.nginx.call: no client method " .. tostring(method)) end
+  local a, b, c, d = fn(client, ...)
+  local logs = log_lines
+  log_lines = nil
+  return logs, a, b, c, d
+end
+
+------------------------------------------------------------------------------
+-- event-loop side
+
+local LEVELS
+
+local function emit_logs(logs)
+  local ngx = ngx
+  LEVELS = LEVELS or { error = ngx.ERR, warn = ngx.WARN, info = ngx.INFO, debug = ngx.DEBUG }
+  for _, l in ipairs(logs or {}) do
+    ngx.log(LEVELS[l[1]] or ngx.NOTICE, "pksync: ", l[2])
+  end
+end
+
+local function send(status, headers, body)
+  local ngx = ngx
+  ngx.status = status
+  for k, v in pairs(headers or {}) do ngx.header[k] = v end
+  ngx.print(body)
+  return ngx.exit(status)
+end
+
+local function json_error(status, message)
+  return send(status, { ["content-type"] = "application/json; charset=utf-8" },
+    pksync.json.encode { success = false, error = message })
+end
+
+local function read_file(path)
+  local f = io_open(path, "rb")
+  if not f then return nil end
+  local data = f:read("*a")
+  f:close()
+  return data
+end
+
+--- The request as client:handle takes it, or nil when the body is too large.
+local function read_request(max_body)
+  local ngx = ngx
+  local length = tonumber(ngx.var.http_content_length or "")
+  if length and length > max_body then return nil end
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data()
+  if not body then
+    local file = ngx.req.get_body_file()
+    body = file and read_file(file) or ""
+  end
+  if #body > max_body then return nil end
+  local headers = {}
+  for k, v in pairs(ngx.req.get_headers(100)) do
+    headers[k] = type(v) == "table" and v[#v] or v
+  end
+  return { method = ngx.req.get_method(), path = ngx.var.uri, headers = headers, body = body,
+           remote_addr = ngx.var.remote_addr }
+end
+
+--- Serve the sync API for this request (content_by_lua*).
+-- @param config pksync.new options that can cross into a thread (strings,
+--   numbers, booleans, tables of those), plus `thread_pool` (default
+--   "pksync") and `policy_file` (a Lua policy file, loaded in each thread)
+function _M.serve(config)
+  local ngx = ngx
+  local max_body = config.max_request_body or DEFAULT_MAX_REQUEST_BODY
+  local req = read_request(max_body)
+  if not req then return json_error(413, "Request body too large") end
+  local ok, status, headers, body, logs = ngx.run_worker_thread(config.thread_pool or DEFAULT_POOL,
+    "pksync.nginx", "thread_handle", config, req)
+  if not ok then
+    ngx.log(ngx.ERR, "pksync: worker thread failed: ", tostring(status))
+    return json_error(500, "Internal server error")
+  end
+  emit_logs(logs)
+  return send(status, headers, body)
+end
+
+--- Call a client method off the event loop (handlers and timers).
+--   local st = require("pksync.nginx").call(config, "query_sender_status", conn)
+-- Arguments and results must be plain data (no functions).
+-- @return the method's results, or nil, "thread_error", {message=} when the
+--   thread could not run it
+function _M.call(config, method, ...)
+  local ngx = ngx
+  local ok, logs, a, b, c, d = ngx.run_worker_thread(config.thread_pool or DEFAULT_POOL,
+    "pksync.nginx", "thread_call", config, method, ...)
+  if not ok then return nil, "thread_error", { message = tostring(logs) } end
+  emit_logs(logs)
+  return a, b, c, d
+end
+
+return _M

@@ -1,0 +1,402 @@
+--- The data endpoints of the serving side: list-tables, table-schema,
+-- table-records and pull-data (with the `paged_pull` extension).
+--
+-- Rows leave PostgreSQL as protocol JSON straight from C
+-- (`core.export_rows`); Lua only builds the query and the envelope.
+-- @module pksync.serve_data
+local core = require "pksync.core"
+local util = require "pksync.util"
+local catalog = require "pksync.catalog"
+local limits = require "pksync.limits"
+local answer = require "pksync.answer"
+
+local type, ipairs, pairs, tostring, tonumber, select = type, ipairs, pairs, tostring, tonumber, select
+local setmetatable, getmetatable = setmetatable, getmetatable
+local str_format, str_match, tbl_concat = string.format, string.match, table.concat
+local math_floor, math_min = math.floor, math.min
+local json_encode, json_decode = core.json_encode, core.json_decode
+local null = core.null
+
+local _M = {}
+
+local fail, reply = answer.fail, answer.reply
+
+local MAX_FILTER_IDS = 1000
+local CTID = "__pksync_ctid"
+
+------------------------------------------------------------------------------
+-- access
+
+local function contains(list, name)
+  if type(list) ~= "table" then return false end
+  for _, v in ipairs(list) do
+    if v == name then return true end
+  end
+  return false
+end
+
+local function is_store_table(self, name)
+  for _, t in pairs(self.store_tables) do
+    if t == name then return true end
+  end
+  return false
+end
+
+--- May this connection see this table? (excluded/allowed lists, then the
+-- policy's table_allowed hook).
+local function table_allowed(self, conn, name)
+  if contains(conn.excluded_tables, name) then return false end
+  if type(conn.allowed_tables) == "table" and #conn.allowed_tables > 0
+     and not contains(conn.allowed_tables, name) then
+    return false
+  end
+  local ok = answer.call_hook(self, "table_allowed", conn, name)
+  return ok ~= false and ok ~= nil
+end
+
+--- nil when the table may be served; else the error answer.
+local function table_access(self, db, conn, name)
+  if is_store_table(self, name) then return fail(404, "Table not found") end
+  if not table_allowed(self, conn, name) then
+    return fail(403, "This connection is not authorised to access that table")
+  end
+  if not util.valid_ident(name) then return fail(404, "Table not found") end
+  local exists = catalog.table_exists(db, self.schema, name)
+  if exists == nil then return fail(500, "Store unavailable") end
+  if not exists then return fail(404, "Table not found") end
+  return nil
+end
+
+--- Columns the policy never lets leave this site, as a set.
+local function redacted(self, conn, name)
+  local cols, err = answer.call_hook(self, "redact", conn, name)
+  if cols == nil and err then return nil end
+  local set = {}
+  if type(cols) == "table" then
+    for _, c in ipairs(cols) do set[c] = true end
+  end
+  return set
+end
+
+--- The common prologue: fields, auth and limits, table access.
+local function open_request(self, req, body, fields, joined)
+  local bad = answer.require_fields(body, fields, joined)
+  if bad then return nil, bad end
+  local conn
+  conn, bad = limits.authorize(self, req, body, fail)
+  if not conn then return nil, bad end
+  local db = self:database()
+  if not db then return nil, fail(500, "Store unavailable") end
+  if body.table_name then
+    bad = table_access(self, db, conn, body.table_name)
+    if bad then return nil, bad end
+  end
+  return conn, db
+end
+
+local function qualified(self, name)
+  return util.quote_ident(self.schema) .. "." .. util.quote_ident(name)
+end
+
+------------------------------------------------------------------------------
+-- list-tables / table-schema
+
+function _M.list_tables(self, req, settings, body)
+  local conn, db = open_request(self, req, body, { "auth_token_hash" })
+  if not conn then return db end
+  local names = catalog.base_tables(db, self.schema)
+  local deps = names and catalog.dependencies(db, self.schema)
+  if not deps then return fail(500, "Failed to list tables") end
+  local tables = setmetatable({}, core.array_mt)
+  for _, name in ipairs(names) do
+    if not is_store_table(self, name) and table_allowed(self, conn, name) then
+      local stats = catalog.table_stats(db, self.schema, name)
+      if not stats then return fail(500, "Failed to list tables") end
+      stats.name = name
+      stats.depends_on = deps[name] or setmetatable({}, core.array_mt)
+      tables[#tables + 1] = stats
+    end
+  end
+  db:query(str_format("UPDATE %s SET last_connected_at = now() WHERE uuid = $1::uuid",
+    util.quote_ident(self.store_tables.connections)), conn.uuid)
+  return reply(200, { success = true, tables = tables })
+end
+
+function _M.table_schema(self, req, settings, body)
+  local conn, db = open_request(self, req, body, { "auth_token_hash", "table_name" }, true)
+  if not conn then return db end
+  local hidden = redacted(self, conn, body.table_name)
+  local cols = catalog.columns(db, self.schema, body.table_name)
+  local pk = catalog.primary_key(db, self.schema, body.table_name)
+  if not hidden or not cols or not pk then return fail(500, "Failed to read schema") end
+  local columns, keys = setmetatable({}, core.array_mt), setmetatable({}, core.array_mt)
+  for _, c in ipairs(cols) do
+    if not hidden[c.column_name] then columns[#columns + 1] = c end
+  end
+  for _, k in ipairs(pk) do keys[#keys + 1] = k.name end
+  return reply(200, { success = true, schema = {
+    table_name = body.table_name, columns = columns, primary_key = keys } })
+end
+
+------------------------------------------------------------------------------
+-- row queries
+
+--- A small query builder: fragments with bound parameters.
+local function new_query()
+  return { where = {}, params = {} }
+end
+
+local function bind(q, value)
+  q.params[#q.params + 1] = value
+  return "$" .. #q.params
+end
+
+--- An integer from a JSON number or a string of digits, clamped; else default.
+local function bounded_int(v, default, lo, hi)
+  local n
+  if type(v) == "number" and v == math_floor(v) then n = v
+  elseif type(v) == "string" and str_match(v, "^%-?%d+$") then n = tonumber(v) end
+  if not n then return default end
+  if n < lo then return lo end
+  if n > hi then return hi end
+  return n
+end
+
+local function is_int_value(v)
+  return (type(v) == "number" and v == math_floor(v)) or
+    (core.is_decimal(v) and str_match(tostring(v), "^%-?%d+$") ~= nil)
+end
+
+local INT_KEYS = { smallint = true, integer = true, bigint = true }
+
+local function key_kind(pk)
+  local t = pk[1].type
+  if INT_KEYS[t] then return "int" end
+  if t == "uuid" then return "uuid" end
+  if t == "text" or str_match(t, "^character varying") then return "text" end
+  return nil
+end
+
+local function filter_error(code)
+  local messages = {
+    invalid_filter = "Invalid filter",
+    unsupported_key_type = "Filter not supported for this key type",
+    filter_needs_single_key = "Filter needs a single-column primary key",
+  }
+  return fail(400, messages[code], { error_code = code })
+end
+
+local function present(v) return v ~= nil and v ~= null end
+
+--- Check the ids one by one for the key's kind; returns the JSON array text.
+local function ids_param(ids, kind)
+  if type(ids) ~= "table" or #ids < 1 or #ids > MAX_FILTER_IDS then return nil end
+  local out = setmetatable({}, core.array_mt)
+  for i, id in ipairs(ids) do
+    if kind == "int" then
+      if not is_int_value(id) then return nil end
+    elseif kind == "uuid" then
+      if type(id) ~= "string" or not str_match(id, "^%x+%-%x+%-%x+%-%x+%-%x+$") or #id ~= 36 then return nil end
+    elseif type(id) == "number" or core.is_decimal(id) then
+      id = tostring(id)
+    elseif type(id) ~= "string" or #id > 255 or id == "" or id:find("\0", 1, true) then
+      return nil
+    end
+    out[i] = id
+  end
+  return json_encode(out)
+end
+
+local KIND_ARRAY = { int = "bigint[]", uuid = "uuid[]", text = "text[]" }
+
+--- PhoenixKit's row filters (`ids` or `id_start`/`id_end`), added to q.
+-- @return true when a filter applies, false when none; or nil, answer
+local function add_filter(q, body, pk)
+  local has_ids = present(body.ids)
+  local has_range = present(body.id_start) or present(body.id_end)
+  if not has_ids and not has_range then return false end
+  if has_ids and has_range then return nil, filter_error("invalid_filter") end
+  if #pk ~= 1 then return nil, filter_error("filter_needs_single_key") end
+  local kind = key_kind(pk)
+  if not kind then return nil, filter_error("unsupported_key_type") end
+  local col = "t." .. util.quote_ident(pk[1].name)
+  if has_ids then
+    local ids = ids_param(body.ids, kind)
+    if not ids then return nil, filter_error("invalid_filter") end
+    q.where[#q.where + 1] = str_format("%s = ANY(ARRAY(SELECT jsonb_array_elements_text(%s::jsonb))::%s)",
+      col, bind(q, ids), KIND_ARRAY[kind])
+    return true
+  end
+  if kind ~= "int" then return nil, filter_error("invalid_filter") end
+  for field, op in pairs { id_start = ">=", id_end = "<=" } do
+    local v = body[field]
+    if present(v) then
+      if not is_int_value(v) then return nil, filter_error("invalid_filter") end
+      q.where[#q.where + 1] = str_format("%s %s %s::bigint", col, op, bind(q, tostring(v):gsub("%.0$", "")))
+    end
+  end
+  return true
+end
+
+local function order_by(pk)
+  if #pk == 0 then return " ORDER BY t.ctid" end
+  local cols = {}
+  for i, k in ipairs(pk) do cols[i] = "t." .. util.quote_ident(k.name) end
+  return " ORDER BY " .. tbl_concat(cols, ", ")
+end
+
+local function where_sql(q)
+  return #q.where > 0 and (" WHERE " .. tbl_concat(q.where, " AND ")) or ""
+end
+
+local function uuid_format(body)
+  return body.uuid_format == "text" and "text" or "binary"
+end
+
+function _M.table_records(self, req, settings, body)
+  local conn, db = open_request(self, req, body, { "auth_token_hash", "table_name" }, true)
+  if not conn then return db end
+  local hidden = redacted(self, conn, body.table_name)
+  local pk = catalog.primary_key(db, self.schema, body.table_name)
+  if not hidden or not pk then return fail(500, "Failed to get records") end
+  local q = new_query()
+  local filtered, bad = add_filter(q, body, pk)
+  if filtered == nil then return bad end
+  local limit = bounded_int(body.limit, 10, 1, 100)
+  local offset = bounded_int(body.offset, 0, 0, 1000000000)
+  local sql = str_format("SELECT t.* FROM %s t%s%s LIMIT %s OFFSET %s", qualified(self, body.table_name),
+    where_sql(q), order_by(pk), bind(q, limit), bind(q, offset))
+  local rows_json, err = core.export_rows(db, sql, q.params, { uuid = uuid_format(body), omit = hidden })
+  if not rows_json then return fail(500, "Failed to get records: " .. tostring(err)) end
+  return { status = 200, headers = { ["content-type"] = "application/json; charset=utf-8" },
+           body = '{"success":true,"records":' .. rows_json .. "}" }
+end
+
+------------------------------------------------------------------------------
+-- pull-data
+
+--- Cursor: base64 of {"k": [key texts...], "t": transfer uuid}. Opaque to
+-- clients; checked on the way back in (shape, key count, transfer owner).
+local function encode_cursor(last_key, transfer_uuid)
+  return core.base64_encode(json_encode({ k = setmetatable(last_key, core.array_mt), t = transfer_uuid or null }))
+end
+
+local function decode_cursor(after, nkeys)
+  if not present(after) then return false end
+  if type(after) ~= "string" or #after > 8192 then return nil end
+  local text = core.base64_decode(after)
+  local c = text and json_decode(text, { max_depth = 4 })
+  if type(c) ~= "table" or type(c.k) ~= "table" or #c.k ~= nkeys then return nil end
+  for _, v in ipairs(c.k) do
+    if type(v) ~= "string" then return nil end
+  end
+  if c.t ~= nil and c.t ~= null and (type(c.t) ~= "string" or not str_match(c.t, "^[%x%-]+$")) then return nil end
+  return c
+end
+
+--- The keyset condition "(k1, k2) > (v1, v2)" for a cursor.
+local function add_keyset(q, pk, cursor)
+  if #pk == 0 then
+    q.where[#q.where + 1] = "t.ctid > " .. bind(q, cursor.k[1]) .. "::tid"
+    return
+  end
+  local cols, vals = {}, {}
+  for i, k in ipairs(pk) do
+    cols[i] = "t." .. util.quote_ident(k.name)
+    -- the type name comes from the catalog (format_type), not from the request
+    vals[i] = bind(q, cursor.k[i]) .. "::" .. k.type
+  end
+  q.where[#q.where + 1] = str_format("(%s) > (%s)", tbl_concat(cols, ", "), tbl_concat(vals, ", "))
+end
+
+local function pull_query(self, body, pk, page, cursor)
+  local q = new_query()
+  local filtered, bad = add_filter(q, body, pk)
+  if filtered == nil then return nil, bad end
+  if cursor then add_keyset(q, pk, cursor) end
+  local select = #pk == 0 and ("t.ctid AS " .. CTID .. ", t.*") or "t.*"
+  local sql = str_format("SELECT %s FROM %s t%s%s LIMIT %s", select, qualified(self, body.table_name),
+    where_sql(q), order_by(pk), bind(q, page + 1))
+  return sql, q.params, filtered
+end
+
+local function strategy_of(body)
+  local s = body.conflict_strategy
+  if type(s) == "string" and #s <= 20 then return s end
+  return "skip"
+end
+
+--- Counters on the connection and the send transfer of this pull.
+local function record_pull(self, db, conn, req, body, page_info)
+  local names = self.store_tables
+  local starting = page_info.cursor == false
+  db:query(str_format([[UPDATE %s SET records_downloaded = records_downloaded + $2,
+      total_records_transferred = total_records_transferred + $2,
+      total_bytes_transferred = total_bytes_transferred + $3, last_transfer_at = now(),
+      downloads_used = downloads_used + $4, total_transfers = total_transfers + $4
+    WHERE uuid = $1::uuid]], util.quote_ident(names.connections)),
+    conn.uuid, page_info.count, page_info.bytes, starting and 1 or 0)
+  local status = page_info.has_more and "in_progress" or "completed"
+  if starting then
+    local t = self:create_transfer { direction = "send", connection_uuid = conn.uuid,
+      remote_site_url = conn.site_url, table_name = body.table_name, records_requested = page_info.page,
+      records_transferred = page_info.count, bytes_transferred = page_info.bytes,
+      conflict_strategy = strategy_of(body), status = status, started_at = "now",
+      completed_at = not page_info.has_more and "now" or nil, requester_ip = req.remote_addr }
+    return t and t.uuid
+  end
+  local tid = page_info.cursor.t
+  if type(tid) ~= "string" then return nil end
+  db:query(str_format([[UPDATE %s SET records_transferred = records_transferred + $3,
+      records_requested = records_requested + $4, bytes_transferred = bytes_transferred + $5,
+      status = $6, completed_at = CASE WHEN $6 = 'completed' THEN now() END
+    WHERE uuid = $1::uuid AND connection_uuid = $2::uuid]], util.quote_ident(names.transfers)),
+    tid, conn.uuid, page_info.count, page_info.page, page_info.bytes, status)
+  return tid
+end
+
+local function pull_envelope(name, rows_json, info, filtered)
+  local parts = { '{"success":true,"table":', json_encode(name), ',"data":', rows_json,
+    ',"has_more":', info.has_more and "true" or "false",
+    ',"next_after":', info.next_after and json_encode(info.next_after) or "null" }
+  if info.has_more then parts[#parts + 1] = ',"truncated":true' end
+  if filtered then parts[#parts + 1] = ',"filtered":true' end
+  parts[#parts + 1] = "}"
+  return tbl_concat(parts)
+end
+
+function _M.pull_data(self, req, settings, body)
+  local conn, db = open_request(self, req, body, { "auth_token_hash", "table_name" })
+  if not conn then return db end
+  local hidden = redacted(self, conn, body.table_name)
+  local pk = catalog.primary_key(db, self.schema, body.table_name)
+  if not hidden or not pk then return fail(500, "Failed to pull data") end
+  local cursor = decode_cursor(body.after, #pk == 0 and 1 or #pk)
+  if cursor == nil then return fail(400, "Invalid cursor", { error_code = "invalid_cursor" }) end
+  local page, bad = limits.pull_budget(conn, cursor == false, fail)
+  if not page then return bad end
+  if type(body.limit) == "number" and body.limit >= 1 then page = math_min(page, math_floor(body.limit)) end
+  local sql, params, filtered = pull_query(self, body, pk, page, cursor)
+  if not sql then return params end
+  local keys = {}
+  for i, k in ipairs(pk) do keys[i] = k.name end
+  if #pk == 0 then keys[1] = CTID hidden[CTID] = true end
+  local rows_json, count, has_more, last_key = core.export_rows(db, sql, params,
+    { limit = page, key_columns = keys, omit = hidden, uuid = uuid_format(body) })
+  local sqlstate = not rows_json and type(has_more) == "table" and has_more.sqlstate
+  if cursor and (sqlstate == "22P02" or sqlstate == "22003") then
+    -- a cursor whose key values do not fit the key's type: forged or stale
+    return fail(400, "Invalid cursor", { error_code = "invalid_cursor" })
+  end
+  if not rows_json then
+    self:log("error", "pull-data of %s failed: %s", body.table_name, tostring(count))
+    return fail(500, "Failed to pull data")
+  end
+  local info = { count = count, has_more = has_more, bytes = #rows_json, page = page, cursor = cursor }
+  local tid = record_pull(self, db, conn, req, body, info)
+  if has_more and last_key then info.next_after = encode_cursor(last_key, tid) end
+  return { status = 200, headers = { ["content-type"] = "application/json; charset=utf-8" },
+           body = pull_envelope(body.table_name, rows_json, info, filtered) }
+end
+
+return _M
