@@ -389,6 +389,33 @@ function _M.fetch_table_records(self, conn, table_name, opts)
   return body.records
 end
 
+--- One page of a table's rows through pull-data, decoded on the control
+-- path (the importer streams instead; this is for previews and tools).
+-- @param opts `limit` and `after` (the paged_pull extension), `ids` or
+--   `id_range` (row filters), `conflict_strategy`, `timeout`
+-- @return `{data, has_more, next_after, truncated, filtered}` or nil, err, detail
+function _M.fetch_pull_page(self, conn, table_name, opts)
+  check_table(table_name, "fetch_pull_page")
+  opts = opts or {}
+  local req = { table_name = table_name, conflict_strategy = opts.conflict_strategy or "skip",
+                limit = opts.limit, after = opts.after, uuid_format = "text" }
+  if not filter_fields(req, opts) then
+    return nil, "invalid_filter", { message = "ids must be 1..1000 integers or short strings; id_range needs a bound" }
+  end
+  opts.timeout = opts.timeout or self.pull_timeout
+  local body, err, detail = data_call(self, conn, "pull-data", "fetch_pull_page", req, opts, "table_not_found")
+  if not body then return nil, err, detail end
+  if not is_array(body.data) then return nil, "invalid_response", { http_status = 200, message = "data is not a list" } end
+  local after = body.next_after
+  return {
+    data = body.data,
+    has_more = body.has_more == true or body.truncated == true,
+    next_after = type(after) == "string" and after or nil,
+    truncated = body.truncated == true,
+    filtered = body.filtered == true,
+  }
+end
+
 -- Shared with the importer (pull.lua): one mapping for data answers.
 _M._data_call = data_call
 _M._data_failure = data_failure
