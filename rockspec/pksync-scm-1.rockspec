@@ -29,8 +29,8 @@ build = {
   modules = {
     ["pksync.core"] = {
       sources = {
-        "src/base64.c", "src/buf.c", "src/core.c", "src/export.c", "src/http.c", "src/json.c",
-        "src/pg.c", "src/pgarray.c", "src/token.c",
+        "src/base64.c", "src/buf.c", "src/core.c", "src/export.c", "src/http.c", "src/import.c", "src/json.c",
+        "src/pg.c", "src/pgarray.c", "src/rows.c", "src/token.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L" },
       incdirs = { "$(CURL_INCDIR)", "$(PQ_INCDIR)/postgresql", "$(CRYPTO_INCDIR)" },

@@ -6,8 +6,10 @@
 #include "compat.h"
 #include "export.h"
 #include "http.h"
+#include "import.h"
 #include "json.h"
 #include "pg.h"
+#include "rows.h"
 #include "token.h"
 
 #include <time.h>
@@ -46,7 +48,9 @@ int luaopen_pksync_core(lua_State *L) {
     pk_open_json(L);
     pk_open_http(L);
     pk_open_pg(L);
+    pk_open_import(L);
     pk_open_export(L);
+    pk_open_rows(L);
     lua_pushliteral(L, "0.1.0");
     lua_setfield(L, -2, "version");
     return 1;

@@ -41,7 +41,7 @@ local client_mt = { __index = Client, __name = "pksync.client" }
 
 -- Each module returns a table of methods; a later module may not
 -- silently replace an earlier one's method.
-local MODULES = { "pksync.notifier", "pksync.store", "pksync.server" }
+local MODULES = { "pksync.notifier", "pksync.store", "pksync.server", "pksync.pull" }
 for _, name in ipairs(MODULES) do
   for k, fn in pairs(require(name)) do
     if type(fn) == "function" and k:sub(1, 1) ~= "_" then
@@ -65,7 +65,7 @@ local OPTION_TYPES = {
   site_url = "string", prefix = "string", timeout = "number", connect_timeout = "number",
   pull_timeout = "number", ca_file = "string", insecure = "boolean", logger = "function",
   db = "string", max_body = "number", schema = "string", store_tables = "table",
-  max_request_body = "number", policy = "table",
+  max_request_body = "number", policy = "table", extensions = "boolean",
 }
 
 local function check_options(opts)

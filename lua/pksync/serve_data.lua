@@ -256,6 +256,7 @@ end
 function _M.table_records(self, req, settings, body)
   local conn, db = open_request(self, req, body, { "auth_token_hash", "table_name" }, true)
   if not conn then return db end
+  if self.extensions == false then body.uuid_format = nil end
   local hidden = redacted(self, conn, body.table_name)
   local pk = catalog.primary_key(db, self.schema, body.table_name)
   if not hidden or not pk then return fail(500, "Failed to get records") end
@@ -368,6 +369,10 @@ end
 function _M.pull_data(self, req, settings, body)
   local conn, db = open_request(self, req, body, { "auth_token_hash", "table_name" })
   if not conn then return db end
+  if self.extensions == false then
+    -- behave as a plain PhoenixKit sender: no paging, PhoenixKit's uuid form
+    body.limit, body.after, body.uuid_format = nil, nil, nil
+  end
   local hidden = redacted(self, conn, body.table_name)
   local pk = catalog.primary_key(db, self.schema, body.table_name)
   if not hidden or not pk then return fail(500, "Failed to pull data") end

@@ -32,12 +32,15 @@ local DEFAULT_MAX_REQUEST_BODY = 1024 * 1024
 -- endpoints without a connection
 
 local function h_status(self, req, settings)
-  return reply(200, {
+  local body = {
     enabled = settings.enabled,
     incoming_mode = settings.incoming_mode,
     password_required = settings.incoming_mode == "require_password",
-    pksync = { version = core.version, features = setmetatable(util.copy(FEATURES), core.array_mt) },
-  })
+  }
+  if self.extensions ~= false then
+    body.pksync = { version = core.version, features = setmetatable(util.copy(FEATURES), core.array_mt) }
+  end
+  return reply(200, body)
 end
 
 local function register_metadata(req)

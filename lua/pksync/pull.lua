@@ -1,0 +1,357 @@
+--- Pulling tables from a sender into the local PostgreSQL.
+--
+-- Lua drives the pages; each page is one C call (`imp:run_page`) that
+-- streams the HTTP body through the row scanner into COPY and applies the
+-- conflict strategy (see src/import.c). Against a pksync sender the
+-- `paged_pull` extension walks the whole table by primary key; against a
+-- plain PhoenixKit sender, a page that stops short of the table's row count
+-- is followed by paging `table-records` until every row has arrived.
+-- @module pksync.pull
+local core = require "pksync.core"
+local util = require "pksync.util"
+local plan = require "pksync.plan"
+local transport = require "pksync.transport"
+local notifier = require "pksync.notifier"
+
+local type, ipairs, pairs, pcall, error, tostring = type, ipairs, pairs, pcall, error, tostring
+local setmetatable = setmetatable
+local str_format = string.format
+local json_encode, json_decode = core.json_encode, core.json_decode
+local now = core.monotonic_ms
+
+local _M = {}
+
+local DEFAULT_BATCH_ROWS = 10000
+local RECORDS_PAGE = 100          -- table-records' own cap
+local FEATURE_TTL_MS = 60000
+
+------------------------------------------------------------------------------
+-- peer facts
+
+--- The sender's pksync features (cached a minute per client and site).
+local function peer_features(self, conn)
+  local key = conn.site_url .. "|" .. tostring(conn.prefix)
+  self._features = self._features or {}
+  local cached = self._features[key]
+  if cached and now() - cached.at < FEATURE_TTL_MS then return cached.set end
+  local set = {}
+  local prefix = conn.prefix
+  if util.is_null(prefix) then prefix = nil end
+  local st = self:check_remote_status(conn.site_url, { prefix = prefix })
+  if st and type(st.pksync) == "table" and type(st.pksync.features) == "table" then
+    for _, f in ipairs(st.pksync.features) do set[f] = true end
+  end
+  self._features[key] = { at = now(), set = set }
+  return set
+end
+
+local function remote_column_names(self, conn, table_name, opts)
+  local schema, err, detail = self:fetch_table_schema(conn, table_name, { timeout = opts.timeout })
+  if not schema then return nil, err, detail end
+  local names = {}
+  for _, c in ipairs(schema.columns) do names[#names + 1] = c.column_name end
+  return names
+end
+
+--- The sender's row count for a table (for plain senders), or nil.
+local function remote_row_count(self, conn, table_name, opts)
+  if type(opts.row_count) == "number" then return opts.row_count end
+  local tables = self:fetch_sender_tables(conn, { timeout = opts.timeout })
+  for _, t in ipairs(tables or {}) do
+    if t.name == table_name and type(t.row_count) == "number" then return t.row_count end
+  end
+  return nil
+end
+
+------------------------------------------------------------------------------
+-- transfers (when the store is migrated)
+
+local function store_ready(self, db)
+  if self._store_ready ~= nil then return self._store_ready end
+  local rows = db:query("SELECT to_regclass($1) IS NOT NULL AS ok",
+    util.quote_ident(self.schema) .. "." .. util.quote_ident(self.store_tables.transfers))
+  self._store_ready = rows ~= nil and rows[1].ok == true
+  return self._store_ready
+end
+
+local function stored_connection_uuid(self, conn)
+  if type(conn.uuid) ~= "string" then return nil end
+  local c = self:get_connection(conn.uuid)
+  return c and c.uuid or nil
+end
+
+local function open_transfer(self, db, conn, table_name, strategy, opts)
+  if not store_ready(self, db) then return nil end
+  local conn_uuid = stored_connection_uuid(self, conn)
+  if opts.resume and conn_uuid then
+    local list = self:list_transfers { connection_uuid = conn_uuid, table_name = table_name,
+      direction = "receive", limit = 1 }
+    local last = list and list[1]
+    if last and last.status ~= "completed" and type(last.cursor) == "string" then
+      self:update_transfer(last.uuid, { status = "in_progress", error_message = core.null })
+      return last
+    end
+  end
+  return self:create_transfer { direction = "receive", connection_uuid = conn_uuid,
+    remote_site_url = conn.site_url, table_name = table_name, conflict_strategy = strategy,
+    status = "in_progress", started_at = "now" }
+end
+
+local function save_progress(self, transfer, result, cursor, status, message)
+  if not transfer then return end
+  local base = transfer.resumed_from or {}
+  local fields = {
+    records_transferred = (base.records_transferred or 0) + result.records_transferred,
+    records_created = (base.records_created or 0) + result.records_imported,
+    records_updated = (base.records_updated or 0) + result.records_updated,
+    records_skipped = (base.records_skipped or 0) + result.records_skipped,
+    records_failed = (base.records_failed or 0) + result.records_failed,
+    bytes_transferred = (base.bytes_transferred or 0) + result.bytes,
+    metadata = { path = result.path, pages = result.pages, unknown_columns = result.unknown_columns,
+                 error_sample = result.error_sample },
+  }
+  if cursor ~= nil then fields.cursor = cursor end
+  if status then
+    fields.status = status
+    if status ~= "in_progress" then fields.completed_at = "now" end
+  end
+  if message then fields.error_message = message end
+  self:update_transfer(transfer.uuid, fields)
+end
+
+------------------------------------------------------------------------------
+-- one page
+
+local function new_result(table_name, strategy)
+  return { table = table_name, strategy = strategy, path = "pull-data", records_transferred = 0,
+    records_imported = 0, records_updated = 0, records_skipped = 0, records_failed = 0,
+    pages = 0, bytes = 0, seconds = 0, unknown_columns = setmetatable({}, core.array_mt) }
+end
+
+local function add_page(result, res)
+  result.pages = result.pages + 1
+  result.records_transferred = result.records_transferred + res.rows
+  result.records_imported = result.records_imported + res.imported
+  result.records_updated = result.records_updated + res.updated
+  result.records_skipped = result.records_skipped + res.skipped
+  result.records_failed = result.records_failed + res.failed
+  result.bytes = result.bytes + res.bytes
+  if res.error_sample and not result.error_sample then result.error_sample = res.error_sample end
+end
+
+--- Map a page that did not commit to nil, err, detail.
+local function page_failure(res)
+  if res.status ~= 200 then
+    local fake = { status = res.status, body = res.body, json = res.body and json_decode(res.body) }
+    return notifier._data_failure(fake, "table_not_found")
+  end
+  if not res.valid then
+    return nil, "invalid_response", { http_status = 200, message = res.invalid_reason }
+  end
+  if res.success ~= true then
+    if type(res.error) == "string" then return nil, res.error, { http_status = 200, message = res.error } end
+    return nil, "invalid_response", { http_status = 200, message = "success is not true" }
+  end
+  if not res.saw_array then
+    return nil, "invalid_response", { http_status = 200, message = "the answer has no row array" }
+  end
+  return nil, "invalid_response", { http_status = 200, message = "page not committed" }
+end
+
+local function run_page(self, ctx, endpoint, body)
+  body.auth_token_hash = ctx.conn.auth_token_hash
+  body.table_name = ctx.table
+  body.uuid_format = "text"
+  local prefix = ctx.conn.prefix
+  if util.is_null(prefix) then prefix = self.prefix end
+  local res, err, detail = ctx.importer:run_page(ctx.db, self:http(), {
+    url = transport.endpoint_url(ctx.conn.site_url, prefix, endpoint),
+    body = json_encode(body), timeout = ctx.opts.timeout or self.pull_timeout,
+    connect_timeout = ctx.opts.connect_timeout, max_body = self.max_body })
+  if not res then return nil, err, detail end
+  if not res.committed then return page_failure(res) end
+  add_page(ctx.result, res)
+  if res.rows > 0 and not res.saw_array then return page_failure(res) end
+  return res
+end
+
+local function progress(ctx, done)
+  local cb = ctx.opts.on_progress
+  if not cb then return true end
+  local r = ctx.result
+  local ok, err = pcall(cb, { table = ctx.table, path = r.path, pages = r.pages, rows = r.records_transferred,
+    imported = r.records_imported, updated = r.records_updated, skipped = r.records_skipped,
+    failed = r.records_failed, row_count = ctx.row_count, done = done,
+    seconds = (now() - ctx.started) / 1000 })
+  if ok then return true end
+  return nil, "on_progress failed: " .. tostring(err)
+end
+
+------------------------------------------------------------------------------
+-- paths
+
+--- paged_pull: keyset pages until the sender has no more.
+local function pull_paged(self, ctx)
+  local cursor = ctx.cursor
+  local page_size = ctx.opts.page_size
+  repeat
+    local res, err, detail = run_page(self, ctx, "pull-data",
+      { conflict_strategy = ctx.strategy, limit = page_size, after = cursor })
+    if not res then return nil, err, detail end
+    if res.has_more and not res.next_after then
+      return nil, "invalid_response", { message = "has_more without next_after" }
+    end
+    cursor = res.next_after
+    save_progress(self, ctx.transfer, ctx.result, cursor or core.null)
+    local ok, perr = progress(ctx, not res.has_more)
+    if not ok then return nil, "callback_failed", { message = perr } end
+  until not res.has_more
+  return true
+end
+
+--- A plain sender: one pull-data page; when it stops short, page
+-- table-records by primary key from the start (rows of the first page come
+-- again and are applied idempotently by the strategy).
+local function pull_plain(self, ctx)
+  local res, err, detail = run_page(self, ctx, "pull-data", { conflict_strategy = ctx.strategy })
+  if not res then return nil, err, detail end
+  local count = ctx.row_count
+  local short = res.truncated or res.has_more or (count ~= nil and res.rows < count)
+  local ok, perr = progress(ctx, not short)
+  if not ok then return nil, "callback_failed", { message = perr } end
+  if not short then return true end
+  ctx.result.path = "table-records"
+  ctx.importer:close()
+  ctx.importer = core.importer_new(ctx.spec("records"))
+  local offset = 0
+  repeat
+    res, err, detail = run_page(self, ctx, "table-records", { limit = RECORDS_PAGE, offset = offset })
+    if not res then return nil, err, detail end
+    offset = offset + res.rows
+    ok, perr = progress(ctx, res.rows < RECORDS_PAGE)
+    if not ok then return nil, "callback_failed", { message = perr } end
+  until res.rows < RECORDS_PAGE
+  return true
+end
+
+------------------------------------------------------------------------------
+-- pull_table_data
+
+local function check_args(conn, table_name, opts)
+  if type(conn) ~= "table" then error("bad argument #1 to 'pull_table_data' (connection table expected)", 3) end
+  if not util.valid_ident(table_name) then
+    error("bad argument #2 to 'pull_table_data' (table name expected)", 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then error("bad argument #3 to 'pull_table_data' (table expected)", 3) end
+end
+
+local stage_counter = 0
+local function stage_suffix()
+  stage_counter = stage_counter + 1
+  return str_format("%d_%d", math.floor(now()) % 1000000, stage_counter)
+end
+
+--- Prepare everything a pull needs; nothing is requested from the sender
+-- until the local side is known to be able to take the rows.
+local function prepare(self, conn, table_name, opts)
+  local strategy = opts.conflict_strategy or "skip"
+  if not plan.STRATEGIES[strategy] then
+    return nil, "invalid_strategy", { message = "unknown conflict strategy " .. tostring(strategy) }
+  end
+  if type(conn.site_url) ~= "string" or type(conn.auth_token_hash) ~= "string" then
+    return nil, "missing_connection_info", { message = "the connection lacks site_url or auth_token_hash" }
+  end
+  local db, err, detail = self:database()
+  if not db then return nil, err, detail end
+  -- the local side first: refuse before any request
+  local facts
+  facts, err, detail = plan.inspect(db, self.schema, table_name, strategy)
+  if not facts then return nil, err, detail end
+  local remote
+  remote, err, detail = remote_column_names(self, conn, table_name, opts)
+  if not remote then return nil, err, detail end
+  local p
+  p, err, detail = plan.build(db, facts, remote, { remap = opts.remap })
+  if not p then return nil, err, detail end
+  return { db = db, plan = p, strategy = strategy }
+end
+
+local function finish(self, ctx, ok, err, detail)
+  local r = ctx.result
+  r.seconds = (now() - ctx.started) / 1000
+  r.unknown_columns = ctx.plan.unknown
+  if ctx.importer then ctx.importer:close() end
+  if ctx.opts.atomic then
+    local commit = ok and r.records_failed == 0
+    ctx.db:exec(commit and "COMMIT" or "ROLLBACK")
+    if ok and not commit then
+      ok, err, detail = nil, "atomic_failed", { message = "rows failed: " .. tostring(r.error_sample) }
+      for _, k in ipairs { "records_imported", "records_updated", "records_skipped" } do r[k] = 0 end
+    end
+  end
+  if ctx.drop_stage then ctx.db:exec(ctx.drop_stage) end
+  if ok then
+    save_progress(self, ctx.transfer, r, core.null, "completed")
+    r.transfer_uuid = ctx.transfer and ctx.transfer.uuid
+    self:log("info", "pulled %s: %d rows, %d imported, %d updated, %d skipped, %d failed (%s, %d pages)",
+      ctx.table, r.records_transferred, r.records_imported, r.records_updated, r.records_skipped,
+      r.records_failed, r.path, r.pages)
+    return r
+  end
+  save_progress(self, ctx.transfer, r, nil, "failed", tostring(err))
+  self:log("warn", "pull of %s failed: %s", ctx.table, tostring(err))
+  detail = detail or {}
+  detail.result = r
+  return nil, err, detail
+end
+
+--- Pull one table from a sender into the same-named local table.
+-- @param conn the receiver connection (`site_url`, `auth_token_hash`, optional `prefix`, `uuid`)
+-- @param table_name the table
+-- @param opts `conflict_strategy` (skip, overwrite, merge, append), `timeout`
+--   (ms per page), `atomic` (all or nothing), `batch_rows`, `page_size`,
+--   `on_progress(event)`, `resume` (continue an interrupted pull), `direct`
+--   (false: never COPY straight into an empty target)
+-- @return `{records_transferred, records_imported, records_updated,
+--   records_skipped, records_failed, error_sample, pages, seconds, path,
+--   unknown_columns, transfer_uuid}` or nil, err, detail (detail.result has
+--   the counts committed before the failure)
+function _M.pull_table_data(self, conn, table_name, opts)
+  check_args(conn, table_name, opts)
+  opts = opts or {}
+  local prep, err, detail = prepare(self, conn, table_name, opts)
+  if not prep then return nil, err, detail end
+  local db, p = prep.db, prep.plan
+  local ctx = { conn = conn, table = table_name, opts = opts, db = db, plan = p, strategy = prep.strategy,
+                started = now(), result = new_result(table_name, prep.strategy) }
+  local features = peer_features(self, conn)
+  ctx.row_count = not features.paged_pull and remote_row_count(self, conn, table_name, opts) or nil
+  ctx.transfer = open_transfer(self, db, conn, table_name, prep.strategy, opts)
+  if ctx.transfer and ctx.transfer.cursor and opts.resume and features.paged_pull then
+    ctx.cursor = ctx.transfer.cursor
+    ctx.transfer.resumed_from = ctx.transfer
+  end
+  if opts.atomic then
+    local ok, e = db:exec("BEGIN")
+    if not ok then return nil, "database_error", { message = e } end
+  end
+  local direct = features.paged_pull and not ctx.cursor and opts.direct ~= false and plan.direct_ok(db, p)
+  if not direct then
+    local create, drop = plan.stage(p, stage_suffix())
+    local ok, e = db:exec(create)
+    if not ok then return finish(self, ctx, nil, "database_error", { message = e }) end
+    ctx.drop_stage = drop
+  end
+  local batch = opts.batch_rows or DEFAULT_BATCH_ROWS
+  ctx.spec = function(array_key) return plan.importer_spec(p, direct, array_key, batch) end
+  ctx.importer = core.importer_new(ctx.spec("data"))
+  local ok
+  if features.paged_pull then
+    ok, err, detail = pull_paged(self, ctx)
+  else
+    ok, err, detail = pull_plain(self, ctx)
+  end
+  return finish(self, ctx, ok, err, detail)
+end
+
+return _M

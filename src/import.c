@@ -1,0 +1,805 @@
+/*
+ * import.c - the data path (see import.h).
+ *
+ * One run_page call does one HTTP request. libcurl's write callback feeds
+ * the body to the streaming row scanner (rows.c); each row is converted by
+ * the local column types into a COPY text line and streamed to PostgreSQL
+ * while the body is still arriving. Every `batch_rows` rows the COPY ends
+ * and, unless rows go straight into the target (direct mode, for a first
+ * pull into an empty table), the plan's statements move the batch from the
+ * staging table into the target with the conflict strategy.
+ *
+ * Consistency: a page is one transaction (or, when the caller already has
+ * one open, e.g. atomic pulls, one savepoint). It commits only when the
+ * body arrived complete and valid, so an interrupted page leaves nothing
+ * behind and a retry starts from the last committed cursor.
+ *
+ * Bad rows never cost the good ones: a row the scanner cannot convert is
+ * counted failed on the spot; a row PostgreSQL rejects during COPY is found
+ * from the error's "line N" context, dropped, and the batch re-sent; a
+ * batch whose apply statement fails is split in halves (savepoints) until
+ * the failing rows stand alone.
+ */
+#include "import.h"
+
+#include <inttypes.h>
+#include <lauxlib.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "compat.h"
+#include "http.h"
+#include "pg.h"
+#include "rows.h"
+
+#define COPY_FLUSH_BYTES (256 * 1024)
+#define ERRBODY_MAX (64 * 1024)
+#define MSG_MAX 512
+
+/* State of the page being imported; lives in the importer so that a Lua
+ * error after a page cannot leak its buffers. */
+typedef struct page {
+    PGconn *conn;
+    pk_rowscan *scan;
+    pk_buf batch;              /* COPY text of the current batch */
+    size_t *line_end;          /* end offset of each batch line */
+    size_t nlines, cap_lines;
+    size_t sent;               /* bytes of batch already sent to COPY */
+    int copy_open;
+    int64_t batch_first;       /* staging row number of line 0 */
+    int64_t rows, imported, updated, skipped, failed;
+    int64_t bytes;
+    long status;
+    pk_buf errbody;
+    int scan_failed;
+    char scan_error[MSG_MAX];
+    int fatal;
+    char fatal_msg[MSG_MAX];
+    char fatal_state[8];
+    char sample[MSG_MAX];      /* first row error */
+} page;
+
+/* A statement run per batch with $1 = first row, $2 = last row, then its
+ * own extra parameters ($3...). */
+struct stmt {
+    char *sql;
+    char **params;
+    size_t nparams;
+};
+
+typedef struct importer {
+    pk_rowplan *plan;
+    pk_column *cols;
+    size_t ncols;
+    char *copy_sql, *clear_sql;
+    struct stmt *pre;          /* remap statements run before the apply */
+    size_t npre;
+    struct stmt apply;         /* sql NULL in direct mode */
+    char *array_key;
+    size_t batch_rows, max_row_bytes;
+    int64_t next_row;          /* staging row numbers, increasing across pages */
+    page pg;
+} importer;
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static char *dup_str(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = malloc(n);
+    if (p) memcpy(p, s, n);
+    return p;
+}
+
+static void set_msg(char *dst, const char *src) {
+    snprintf(dst, MSG_MAX, "%s", src ? src : "");
+}
+
+/* The first line of a libpq message (they end with newlines). */
+static void first_line(char *dst, const char *src) {
+    size_t n = src ? strcspn(src, "\n") : 0;
+    if (n >= MSG_MAX) n = MSG_MAX - 1;
+    if (n) memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static void fatal_from(page *pg, const PGresult *res, const char *what) {
+    if (pg->fatal) return;
+    pg->fatal = 1;
+    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    char line[MSG_MAX];
+    first_line(line, msg ? msg : PQerrorMessage(pg->conn));
+    snprintf(pg->fatal_msg, MSG_MAX, "%s: %s", what, line);
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    snprintf(pg->fatal_state, sizeof pg->fatal_state, "%s", state ? state : "");
+}
+
+/* Run a statement that returns no rows; 0 (and fatal) on failure. */
+static int exec_ok(page *pg, const char *sql) {
+    PGresult *res = PQexec(pg->conn, sql);
+    int ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok) fatal_from(pg, res, sql);
+    PQclear(res);
+    return ok;
+}
+
+static void note_row_error(page *pg, const char *msg) {
+    pg->failed++;
+    if (!pg->sample[0]) set_msg(pg->sample, msg);
+}
+
+/* ---- COPY ------------------------------------------------------------------ */
+
+static int copy_open(importer *imp) {
+    page *pg = &imp->pg;
+    if (pg->copy_open) return 1;
+    if (!exec_ok(pg, "SAVEPOINT pksync_copy")) return 0;
+    PGresult *res = PQexec(pg->conn, imp->copy_sql);
+    int ok = res && PQresultStatus(res) == PGRES_COPY_IN;
+    if (!ok) fatal_from(pg, res, "COPY");
+    PQclear(res);
+    pg->copy_open = ok;
+    pg->sent = 0;
+    return ok;
+}
+
+/* Send the batch bytes not sent yet. */
+static int copy_flush(importer *imp) {
+    page *pg = &imp->pg;
+    if (!copy_open(imp)) return 0;
+    size_t n = pg->batch.len - pg->sent;
+    if (n == 0) return 1;
+    if (PQputCopyData(pg->conn, pg->batch.data + pg->sent, (int)n) != 1) {
+        fatal_from(pg, NULL, "COPY data");
+        return 0;
+    }
+    pg->sent = pg->batch.len;
+    return 1;
+}
+
+/* End the COPY. Returns 1 when it succeeded, 0 when PostgreSQL rejected a
+ * row (*bad_line = its 1-based line, or 0 if unknown; *err its message),
+ * -1 on a fatal error. The result's messages are copied to err. */
+static int copy_end(importer *imp, long *bad_line, char err[MSG_MAX]) {
+    page *pg = &imp->pg;
+    if (!copy_flush(imp)) return -1;
+    pg->copy_open = 0;
+    if (PQputCopyEnd(pg->conn, NULL) != 1) {
+        fatal_from(pg, NULL, "COPY end");
+        return -1;
+    }
+    int outcome = 1;
+    PGresult *res;
+    while ((res = PQgetResult(pg->conn)) != NULL) {
+        if (outcome == 1 && PQresultStatus(res) != PGRES_COMMAND_OK) {
+            const char *ctx = PQresultErrorField(res, PG_DIAG_CONTEXT);
+            const char *at = ctx ? strstr(ctx, ", line ") : NULL;
+            *bad_line = at ? strtol(at + 7, NULL, 10) : 0;
+            const char *col = ctx ? strstr(ctx, ", column ") : NULL;
+            char line[MSG_MAX];
+            first_line(line, PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+            if (col) {
+                char colbuf[128];
+                first_line(colbuf, col + 9);
+                char *colon = strchr(colbuf, ':');
+                if (colon) *colon = '\0';
+                snprintf(err, MSG_MAX, "column %s: %s", colbuf, line);
+            } else {
+                snprintf(err, MSG_MAX, "%s", line);
+            }
+            outcome = PQstatus(pg->conn) == CONNECTION_OK ? 0 : -1;
+            if (outcome < 0) fatal_from(pg, res, "COPY");
+        }
+        PQclear(res);
+    }
+    return outcome;
+}
+
+/* Drop line i (0-based) from the batch. */
+static void remove_line(page *pg, size_t i) {
+    size_t start = i ? pg->line_end[i - 1] : 0, end = pg->line_end[i];
+    size_t gap = end - start;
+    memmove(pg->batch.data + start, pg->batch.data + end, pg->batch.len - end);
+    pg->batch.len -= gap;
+    for (size_t j = i + 1; j < pg->nlines; j++) pg->line_end[j - 1] = pg->line_end[j] - gap;
+    pg->nlines--;
+}
+
+/* Abort an open COPY and drain its results (after a failure elsewhere). */
+static void copy_abort(page *pg) {
+    if (!pg->copy_open) return;
+    pg->copy_open = 0;
+    PQputCopyEnd(pg->conn, "pksync: page aborted");
+    PGresult *res;
+    while ((res = PQgetResult(pg->conn)) != NULL) PQclear(res);
+}
+
+/* Finish the COPY of the batch, dropping rows PostgreSQL rejects until the
+ * rest goes in. Returns 0 on a fatal error. */
+static int copy_batch(importer *imp) {
+    page *pg = &imp->pg;
+    for (;;) {
+        long bad = 0;
+        char err[MSG_MAX];
+        int r = copy_end(imp, &bad, err);
+        if (r < 0) return 0;
+        if (r == 1) return exec_ok(pg, "RELEASE SAVEPOINT pksync_copy");
+        if (!exec_ok(pg, "ROLLBACK TO SAVEPOINT pksync_copy") ||
+            !exec_ok(pg, "RELEASE SAVEPOINT pksync_copy"))
+            return 0;
+        if (bad < 1 || (size_t)bad > pg->nlines) {
+            /* no line to blame: not a row problem */
+            pg->fatal = 1;
+            snprintf(pg->fatal_msg, MSG_MAX, "COPY failed: %.400s", err);
+            return 0;
+        }
+        note_row_error(pg, err);
+        remove_line(pg, (size_t)bad - 1);
+        if (pg->nlines == 0) return 1;
+        pg->sent = 0;
+    }
+}
+
+/* ---- applying a batch -------------------------------------------------------- */
+
+#define MAX_STMT_PARAMS 16
+
+/* Execute a statement with $1 = lo, $2 = hi and its extra parameters. */
+static PGresult *exec_range(importer *imp, const struct stmt *st, int64_t lo, int64_t hi) {
+    char los[24], his[24];
+    snprintf(los, sizeof los, "%" PRId64, lo);
+    snprintf(his, sizeof his, "%" PRId64, hi);
+    const char *values[2 + MAX_STMT_PARAMS];
+    values[0] = los;
+    values[1] = his;
+    for (size_t i = 0; i < st->nparams; i++) values[2 + i] = st->params[i];
+    return PQexecParams(imp->pg.conn, st->sql, (int)(2 + st->nparams), NULL, values, NULL, NULL, 0);
+}
+
+static int64_t field_int(const PGresult *res, int col) {
+    return PQgetisnull(res, 0, col) ? 0 : strtoll(PQgetvalue(res, 0, col), NULL, 10);
+}
+
+/* Apply rows lo..hi; on failure split until the bad rows stand alone.
+ * The apply statement answers (staged, created, total). */
+static int apply_range(importer *imp, int64_t lo, int64_t hi) {
+    page *pg = &imp->pg;
+    if (!exec_ok(pg, "SAVEPOINT pksync_apply")) return 0;
+    PGresult *res = exec_range(imp, &imp->apply, lo, hi);
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+        int64_t staged = field_int(res, 0), created = field_int(res, 1), total = field_int(res, 2);
+        pg->imported += created;
+        pg->updated += total - created;
+        pg->skipped += staged - total;
+        PQclear(res);
+        return exec_ok(pg, "RELEASE SAVEPOINT pksync_apply");
+    }
+    char err[MSG_MAX];
+    first_line(err, res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL);
+    const char *detail = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : NULL;
+    if (detail) {
+        char d[MSG_MAX];
+        first_line(d, detail);
+        size_t used = strlen(err);
+        snprintf(err + used, MSG_MAX - used, " (%.200s)", d);
+    }
+    int lost = PQstatus(pg->conn) != CONNECTION_OK;
+    if (lost) fatal_from(pg, res, "apply");
+    PQclear(res);
+    if (lost || !exec_ok(pg, "ROLLBACK TO SAVEPOINT pksync_apply") ||
+        !exec_ok(pg, "RELEASE SAVEPOINT pksync_apply"))
+        return 0;
+    if (lo == hi) {
+        note_row_error(pg, err);
+        return 1;
+    }
+    int64_t mid = lo + (hi - lo) / 2;
+    return apply_range(imp, lo, mid) && apply_range(imp, mid + 1, hi);
+}
+
+static int run_pre(importer *imp, int64_t lo, int64_t hi) {
+    for (size_t i = 0; i < imp->npre; i++) {
+        PGresult *res = exec_range(imp, &imp->pre[i], lo, hi);
+        ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+        int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+        if (!ok) fatal_from(&imp->pg, res, "remap");
+        PQclear(res);
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
+static void reset_batch(importer *imp) {
+    page *pg = &imp->pg;
+    pk_buf_reset(&pg->batch);
+    pg->nlines = 0;
+    pg->sent = 0;
+    pg->batch_first = imp->next_row;
+}
+
+/* End of a batch: COPY it, then (staging mode) remap and apply. */
+static int end_batch(importer *imp) {
+    page *pg = &imp->pg;
+    if (pg->nlines == 0 && !pg->copy_open) {
+        reset_batch(imp);
+        return 1;
+    }
+    int64_t first = pg->batch_first, last = imp->next_row - 1;
+    if (!copy_batch(imp)) return 0;
+    if (!imp->apply.sql) {
+        pg->imported += (int64_t)pg->nlines;
+    } else if (pg->nlines > 0) {
+        if (!run_pre(imp, first, last) || !apply_range(imp, first, last)) return 0;
+        if (imp->clear_sql && !exec_ok(pg, imp->clear_sql)) return 0;
+    }
+    reset_batch(imp);
+    return 1;
+}
+
+/* ---- rows from the scanner ----------------------------------------------------- */
+
+static int remember_line(page *pg) {
+    if (pg->nlines == pg->cap_lines) {
+        size_t cap = pg->cap_lines ? pg->cap_lines * 2 : 1024;
+        size_t *p = realloc(pg->line_end, cap * sizeof *p);
+        if (!p) return 0;
+        pg->line_end = p;
+        pg->cap_lines = cap;
+    }
+    pg->line_end[pg->nlines++] = pg->batch.len;
+    return 1;
+}
+
+/* Staging lines carry the row number as their last column. */
+static void append_row_number(importer *imp) {
+    pk_buf *b = &imp->pg.batch;
+    if (b->len > 0 && b->data[b->len - 1] == '\n') b->len--;
+    pk_buf_addf(b, "\t%" PRId64 "\n", imp->next_row);
+}
+
+static int on_row(void *ctx, const char *row, size_t len) {
+    importer *imp = (importer *)ctx;
+    page *pg = &imp->pg;
+    const char *err;
+    pg->rows++;
+    if (!pk_row_to_copy(imp->plan, row, len, &pg->batch, &err)) {
+        note_row_error(pg, err);
+        return 0;
+    }
+    if (imp->apply.sql) append_row_number(imp);
+    imp->next_row++;
+    if (pg->batch.failed || !remember_line(pg)) {
+        pg->fatal = 1;
+        set_msg(pg->fatal_msg, "out of memory");
+        return 1;
+    }
+    if (pg->batch.len - pg->sent >= COPY_FLUSH_BYTES && !copy_flush(imp)) return 1;
+    if (pg->nlines >= imp->batch_rows && !end_batch(imp)) return 1;
+    return 0;
+}
+
+/* libcurl body sink. */
+static int on_body(void *ctx, long status, const char *data, size_t n) {
+    importer *imp = (importer *)ctx;
+    page *pg = &imp->pg;
+    pg->status = status;
+    pg->bytes += (int64_t)n;
+    if (status != 200) {
+        size_t room = ERRBODY_MAX - pg->errbody.len;
+        pk_buf_add(&pg->errbody, data, n < room ? n : room);
+        return 0;
+    }
+    if (pk_rowscan_feed(pg->scan, data, n)) return 0;
+    if (!pg->fatal) {
+        pg->scan_failed = 1;
+        set_msg(pg->scan_error, pk_rowscan_error(pg->scan));
+    }
+    return 1;
+}
+
+/* ---- page lifecycle --------------------------------------------------------------- */
+
+static void page_clear(page *pg) {
+    if (pg->scan) pk_rowscan_free(pg->scan);
+    pg->scan = NULL;
+    pk_buf_reset(&pg->batch);
+    pk_buf_reset(&pg->errbody);
+    pg->nlines = pg->sent = 0;
+    pg->copy_open = 0;
+    pg->rows = pg->imported = pg->updated = pg->skipped = pg->failed = pg->bytes = 0;
+    pg->status = 0;
+    pg->scan_failed = pg->fatal = 0;
+    pg->scan_error[0] = pg->fatal_msg[0] = pg->fatal_state[0] = pg->sample[0] = '\0';
+}
+
+static void page_free(page *pg) {
+    if (pg->scan) pk_rowscan_free(pg->scan);
+    pg->scan = NULL;
+    pk_buf_free(&pg->batch);
+    pk_buf_free(&pg->errbody);
+    free(pg->line_end);
+    pg->line_end = NULL;
+    pg->cap_lines = 0;
+}
+
+/* Open the page's transaction (or savepoint inside the caller's). */
+static int page_begin(importer *imp, int *own_tx) {
+    page *pg = &imp->pg;
+    *own_tx = PQtransactionStatus(pg->conn) == PQTRANS_IDLE;
+    if (!exec_ok(pg, *own_tx ? "BEGIN" : "SAVEPOINT pksync_page")) return 0;
+    if (imp->clear_sql && !exec_ok(pg, imp->clear_sql)) return 0;
+    reset_batch(imp);
+    return 1;
+}
+
+static int page_commit(page *pg, int own_tx) {
+    return exec_ok(pg, own_tx ? "COMMIT" : "RELEASE SAVEPOINT pksync_page");
+}
+
+static void page_rollback(page *pg, int own_tx) {
+    copy_abort(pg);
+    if (PQstatus(pg->conn) != CONNECTION_OK) return;
+    if (own_tx) {
+        PGresult *res = PQexec(pg->conn, "ROLLBACK");
+        PQclear(res);
+        return;
+    }
+    PGresult *res = PQexec(pg->conn, "ROLLBACK TO SAVEPOINT pksync_page");
+    PQclear(res);
+    res = PQexec(pg->conn, "RELEASE SAVEPOINT pksync_page");
+    PQclear(res);
+}
+
+/* ---- Lua binding ---------------------------------------------------------------- */
+
+static importer *check_importer(lua_State *L, int idx) {
+    importer *imp = (importer *)luaL_checkudata(L, idx, PK_IMPORTER_MT);
+    if (!imp->plan) luaL_error(L, "attempt to use a closed importer");
+    return imp;
+}
+
+static void free_stmt(struct stmt *st) {
+    free(st->sql);
+    for (size_t i = 0; i < st->nparams; i++) free(st->params[i]);
+    free(st->params);
+    st->sql = NULL;
+    st->params = NULL;
+    st->nparams = 0;
+}
+
+static void importer_release(importer *imp) {
+    page_free(&imp->pg);
+    if (imp->plan) pk_rowplan_free(imp->plan);
+    imp->plan = NULL;
+    for (size_t i = 0; i < imp->ncols; i++) free(imp->cols[i].name);
+    free(imp->cols);
+    imp->cols = NULL;
+    imp->ncols = 0;
+    free(imp->copy_sql);
+    free(imp->clear_sql);
+    free(imp->array_key);
+    imp->copy_sql = imp->clear_sql = imp->array_key = NULL;
+    for (size_t i = 0; i < imp->npre; i++) free_stmt(&imp->pre[i]);
+    free(imp->pre);
+    imp->pre = NULL;
+    imp->npre = 0;
+    free_stmt(&imp->apply);
+}
+
+static int l_importer_gc(lua_State *L) {
+    importer_release((importer *)luaL_checkudata(L, 1, PK_IMPORTER_MT));
+    return 0;
+}
+
+static const char *const KIND_NAMES[] = {
+    "text", "generic", "bool", "int", "float", "numeric", "json", "bytea", "uuid", "array", NULL,
+};
+static const pk_kind KINDS[] = {
+    PK_KIND_TEXT, PK_KIND_GENERIC, PK_KIND_BOOL, PK_KIND_INT, PK_KIND_FLOAT,
+    PK_KIND_NUMERIC, PK_KIND_JSON, PK_KIND_BYTEA, PK_KIND_UUID, PK_KIND_ARRAY,
+};
+
+static pk_kind kind_field(lua_State *L, int tbl, const char *field, const char *def) {
+    lua_getfield(L, tbl, field);
+    int i = luaL_checkoption(L, -1, def, KIND_NAMES);
+    lua_pop(L, 1);
+    return KINDS[i];
+}
+
+/* An optional string field copied with malloc (NULL when absent). Raises
+ * only before anything of the importer is allocated, or with the userdata
+ * already owning what was allocated (its __gc frees it). */
+static char *string_field(lua_State *L, int tbl, const char *field, int required) {
+    lua_getfield(L, tbl, field);
+    char *s = NULL;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        s = dup_str(lua_tostring(L, -1));
+        if (!s) luaL_error(L, "pksync: out of memory");
+    } else if (required || !lua_isnil(L, -1)) {
+        luaL_error(L, "importer_new: %s must be a string", field);
+    }
+    lua_pop(L, 1);
+    return s;
+}
+
+static size_t size_field(lua_State *L, int tbl, const char *field, size_t def, size_t max) {
+    lua_getfield(L, tbl, field);
+    lua_Number n = lua_isnil(L, -1) ? (lua_Number)def : luaL_checknumber(L, -1);
+    lua_pop(L, 1);
+    if (n < 1 || n > (lua_Number)max) luaL_error(L, "importer_new: %s out of range", field);
+    return (size_t)n;
+}
+
+/* A statement table {sql=, params={...}} at the stack top into *st (the
+ * importer already owns st, so a raise here leaks nothing). */
+static void read_stmt(lua_State *L, struct stmt *st) {
+    int t = lua_gettop(L);
+    luaL_checktype(L, t, LUA_TTABLE);
+    st->sql = string_field(L, t, "sql", 1);
+    lua_getfield(L, t, "params");
+    if (!lua_isnil(L, -1)) {
+        luaL_checktype(L, -1, LUA_TTABLE);
+        size_t n = (size_t)lua_rawlen(L, -1);
+        if (n > MAX_STMT_PARAMS) luaL_error(L, "importer_new: at most %d parameters", MAX_STMT_PARAMS);
+        st->params = calloc(n ? n : 1, sizeof(char *));
+        if (!st->params) luaL_error(L, "pksync: out of memory");
+        for (size_t i = 0; i < n; i++) {
+            lua_rawgeti(L, -1, (int)i + 1);
+            if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "importer_new: parameters must be strings");
+            st->params[i] = dup_str(lua_tostring(L, -1));
+            lua_pop(L, 1);
+            if (!st->params[i]) luaL_error(L, "pksync: out of memory");
+            st->nparams = i + 1;
+        }
+    }
+    lua_pop(L, 1);
+}
+
+static void read_statements(lua_State *L, int tbl, importer *imp) {
+    lua_getfield(L, tbl, "apply");
+    if (!lua_isnil(L, -1)) read_stmt(L, &imp->apply);
+    lua_pop(L, 1);
+    lua_getfield(L, tbl, "pre");
+    if (!lua_isnil(L, -1)) {
+        luaL_checktype(L, -1, LUA_TTABLE);
+        size_t n = (size_t)lua_rawlen(L, -1);
+        if (n > 64) luaL_error(L, "importer_new: too many pre statements");
+        imp->pre = calloc(n ? n : 1, sizeof *imp->pre);
+        if (!imp->pre) luaL_error(L, "pksync: out of memory");
+        imp->npre = n;
+        for (size_t i = 0; i < n; i++) {
+            lua_rawgeti(L, -1, (int)i + 1);
+            read_stmt(L, &imp->pre[i]);
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
+static void read_columns(lua_State *L, int tbl, importer *imp) {
+    lua_getfield(L, tbl, "columns");
+    luaL_checktype(L, -1, LUA_TTABLE);
+    size_t n = (size_t)lua_rawlen(L, -1);
+    if (n < 1 || n > 1600) luaL_error(L, "importer_new: 1..1600 columns expected");
+    imp->cols = calloc(n, sizeof *imp->cols);
+    if (!imp->cols) luaL_error(L, "pksync: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        luaL_checktype(L, -1, LUA_TTABLE);
+        int c = lua_gettop(L);
+        pk_column *col = &imp->cols[i];
+        col->name = string_field(L, c, "name", 1);
+        imp->ncols = i + 1;
+        col->name_len = strlen(col->name);
+        col->kind = kind_field(L, c, "kind", "text");
+        col->elem_kind = kind_field(L, c, "elem_kind", "text");
+        lua_getfield(L, c, "elem_delim");
+        const char *d = lua_tostring(L, -1);
+        col->elem_delim = d && d[0] ? d[0] : ',';
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+}
+
+/* importer_new(spec) -> importer. spec: columns ({name, kind, elem_kind,
+ * elem_delim}...), copy, clear, apply ({sql, params}), pre ({sql, params}...),
+ * batch_rows, array_key, max_row_bytes, first_row. Without apply, rows are
+ * COPYed straight into the copy statement's table (direct mode). */
+static int l_importer_new(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    importer *imp = (importer *)lua_newuserdata(L, sizeof *imp);
+    memset(imp, 0, sizeof *imp);
+    luaL_setmetatable(L, PK_IMPORTER_MT);
+    read_columns(L, 1, imp);
+    imp->copy_sql = string_field(L, 1, "copy", 1);
+    imp->clear_sql = string_field(L, 1, "clear", 0);
+    read_statements(L, 1, imp);
+    imp->array_key = string_field(L, 1, "array_key", 0);
+    if (!imp->array_key && !(imp->array_key = dup_str("data"))) return luaL_error(L, "pksync: out of memory");
+    imp->batch_rows = size_field(L, 1, "batch_rows", 10000, 10000000);
+    imp->max_row_bytes = size_field(L, 1, "max_row_bytes", 64u << 20, (size_t)1 << 31);
+    imp->next_row = (int64_t)size_field(L, 1, "first_row", 1, (size_t)1 << 52);
+    imp->plan = pk_rowplan_new(imp->cols, imp->ncols);
+    if (!imp->plan) return luaL_error(L, "pksync: out of memory");
+    return 1;
+}
+
+/* ---- run_page results ---- */
+
+static void set_int(lua_State *L, const char *k, int64_t v) {
+    if (!pk_push_int64(L, v)) lua_pushnumber(L, (lua_Number)v);
+    lua_setfield(L, -2, k);
+}
+
+static void set_str(lua_State *L, const char *k, const char *v) {
+    if (!v || !v[0]) return;
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, k);
+}
+
+static void set_flag(lua_State *L, const char *k, int v) {
+    if (v < 0) return;
+    lua_pushboolean(L, v);
+    lua_setfield(L, -2, k);
+}
+
+static void push_unknown(lua_State *L, const importer *imp) {
+    const char **names;
+    size_t n = pk_rowplan_unknown(imp->plan, &names);
+    lua_createtable(L, (int)n, 0);
+    luaL_getmetatable(L, "pksync.array");
+    if (lua_istable(L, -1)) lua_setmetatable(L, -2);
+    else lua_pop(L, 1);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushstring(L, names[i]);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_setfield(L, -2, "unknown_columns");
+}
+
+static void push_envelope(lua_State *L, const pk_envelope *env) {
+    set_flag(L, "success", env->success);
+    set_flag(L, "has_more", env->has_more);
+    set_flag(L, "truncated", env->truncated);
+    set_flag(L, "filtered", env->filtered);
+    set_flag(L, "saw_array", env->saw_array);
+    set_str(L, "error", env->error);
+    set_str(L, "error_code", env->error_code);
+    set_str(L, "next_after", env->next_after);
+    set_str(L, "table", env->table);
+}
+
+static int push_result(lua_State *L, importer *imp, int valid, int committed) {
+    page *pg = &imp->pg;
+    pk_envelope env;
+    memset(&env, 0, sizeof env);
+    env.success = env.has_more = env.truncated = env.filtered = env.saw_array = -1;
+    if (pg->status == 200 && pg->scan) pk_rowscan_envelope(pg->scan, &env);
+    lua_newtable(L);
+    set_int(L, "status", pg->status);
+    set_flag(L, "valid", valid);
+    set_flag(L, "committed", committed);
+    set_int(L, "rows", pg->rows);
+    set_int(L, "bytes", pg->bytes);
+    set_int(L, "imported", committed ? pg->imported : 0);
+    set_int(L, "updated", committed ? pg->updated : 0);
+    set_int(L, "skipped", committed ? pg->skipped : 0);
+    set_int(L, "failed", committed ? pg->failed : 0);
+    set_str(L, "error_sample", pg->sample);
+    set_str(L, "invalid_reason", valid ? NULL : pg->scan_error);
+    if (pg->status != 200 && pg->errbody.len > 0) {
+        lua_pushlstring(L, pg->errbody.data, pg->errbody.len);
+        lua_setfield(L, -2, "body");
+    }
+    push_envelope(L, &env);
+    push_unknown(L, imp);
+    return 1;
+}
+
+static int push_db_failure(lua_State *L, const page *pg) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "database_error");
+    lua_newtable(L);
+    set_str(L, "message", pg->fatal_msg);
+    set_str(L, "sqlstate", pg->fatal_state);
+    set_int(L, "rows", pg->rows);
+    return 3;
+}
+
+static int push_transport_failure(lua_State *L, const pk_http_result *res, const page *pg) {
+    lua_pushnil(L);
+    lua_pushstring(L, res->err ? res->err : "transport error");
+    lua_newtable(L);
+    set_str(L, "reason", res->reason);
+    set_str(L, "message", res->message);
+    set_int(L, "code", res->curl_code);
+    set_int(L, "rows", pg->rows);
+    set_int(L, "http_status", pg->status);
+    return 3;
+}
+
+static const char *const REQUEST_HEADERS[] = {
+    "Content-Type: application/json", "Accept: application/json", NULL,
+};
+
+static long opt_ms(lua_State *L, int tbl, const char *field) {
+    lua_getfield(L, tbl, field);
+    lua_Number n = lua_isnil(L, -1) ? 0 : luaL_checknumber(L, -1);
+    lua_pop(L, 1);
+    return n > 0 && n < 2147483647.0 ? (long)n : 0;
+}
+
+/* imp:run_page(db, http, {url=, body=, timeout=, connect_timeout=, max_body=})
+ *   -> result table | nil, err, detail (transport or database failure) */
+static int l_run_page(lua_State *L) {
+    importer *imp = check_importer(L, 1);
+    PGconn *conn = pk_pg_conn(L, 2);
+    pk_http *http = pk_http_check(L, 3);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_getfield(L, 4, "url");   /* stays on the stack while in use */
+    lua_getfield(L, 4, "body");
+    const char *url = luaL_checkstring(L, -2);
+    size_t body_len;
+    const char *body = luaL_checklstring(L, -1, &body_len);
+    pk_http_request req = {"POST", url, body, body_len, REQUEST_HEADERS,
+                           opt_ms(L, 4, "timeout"), opt_ms(L, 4, "connect_timeout"),
+                           (size_t)opt_ms(L, 4, "max_body"), on_body, imp};
+    page *pg = &imp->pg;
+    page_clear(pg);
+    pg->conn = conn;
+    pg->scan = pk_rowscan_new(imp->array_key, imp->max_row_bytes, on_row, imp);
+    if (!pg->scan) return luaL_error(L, "pksync: out of memory");
+    int own_tx = 0;
+    if (!page_begin(imp, &own_tx)) {
+        page_rollback(pg, own_tx);
+        return push_db_failure(L, pg);
+    }
+    pk_http_result res;
+    int ok = pk_http_perform(http, &req, &res);
+    int valid = ok && pg->status == 200 && !pg->fatal && !pg->scan_failed;
+    if (valid && !(valid = pk_rowscan_finish(pg->scan)))
+        set_msg(pg->scan_error, pk_rowscan_error(pg->scan));
+    pk_envelope env;
+    pk_rowscan_envelope(pg->scan, &env);
+    int committed = valid && env.success == 1 && end_batch(imp) && page_commit(pg, own_tx);
+    if (!committed) page_rollback(pg, own_tx);
+    if (pg->fatal) return push_db_failure(L, pg);
+    if (!ok && !pg->scan_failed) return push_transport_failure(L, &res, pg);
+    return push_result(L, imp, valid, committed);
+}
+
+static int l_importer_close(lua_State *L) {
+    importer_release((importer *)luaL_checkudata(L, 1, PK_IMPORTER_MT));
+    return 0;
+}
+
+static const luaL_Reg importer_methods[] = {
+    {"run_page", l_run_page},
+    {"close", l_importer_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg importer_meta[] = {
+    {"__gc", l_importer_gc},
+#if PK_HAS_CLOSE
+    {"__close", l_importer_gc},
+#endif
+    {NULL, NULL},
+};
+
+static const luaL_Reg import_funcs[] = {
+    {"importer_new", l_importer_new},
+    {NULL, NULL},
+};
+
+void pk_open_import(lua_State *L) {
+    if (luaL_newmetatable(L, PK_IMPORTER_MT)) {
+        luaL_setfuncs(L, importer_meta, 0);
+        luaL_newlib(L, importer_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    luaL_setfuncs(L, import_funcs, 0);
+}
