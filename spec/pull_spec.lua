@@ -220,6 +220,31 @@ describe("pull_table_data", function()
     assert.equals(recv.uuid, t.connection_uuid)
   end)
 
+  it("gets every row from a plain sender that stops at 10,000 per request", function()
+    local plain = helper.start_nginx { name = "plain", server = ([[
+      location /phoenix_kit/sync/api/ {
+        content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q, extensions = false } }
+      }]]):format(a.conninfo, a.url) }
+    sql_b("DROP TABLE many; CREATE TABLE many (id int PRIMARY KEY, v text)")
+    local conn = { site_url = plain.url, auth_token_hash = recv.auth_token_hash }
+    local r = assert(b.client:pull_table_data(conn, "many"))
+    plain.stop()
+    assert.equals("table-records", r.path)
+    assert.equals("25000", sql_b("SELECT count(*) FROM many"))
+    assert.equals(table_text(a.dbname, "many"), table_text(b.dbname, "many"))
+    assert.equals(0, r.records_failed)
+    -- a table that fits in one page stays on pull-data
+    sql_b("TRUNCATE pairs")
+    plain = helper.start_nginx { name = "plain", server = ([[
+      location /phoenix_kit/sync/api/ {
+        content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q, extensions = false } }
+      }]]):format(a.conninfo, a.url) }
+    r = assert(b.client:pull_table_data({ site_url = plain.url, auth_token_hash = recv.auth_token_hash }, "pairs"))
+    plain.stop()
+    assert.equals("pull-data", r.path)
+    assert.equals(60, r.records_imported)
+  end)
+
   it("resumes after the sender dies mid-pull", function()
     sql_b("DROP TABLE many; CREATE TABLE many (id int PRIMARY KEY, v text)")
     local none, err, detail = b.client:pull_table_data(recv, "many", { page_size = 2000, timeout = 3000,
@@ -238,5 +263,219 @@ describe("pull_table_data", function()
     assert.equals(10, r.pages)
     assert.equals("25000", sql_b("SELECT count(*) FROM many"))
     assert.equals(table_text(a.dbname, "many"), table_text(b.dbname, "many"))
+  end)
+end)
+
+describe("pull_table_data from PhoenixKit-shaped answers", function()
+  local dbname, conninfo, client, peer
+  local API = "/phoenix_kit/sync/api/"
+  local conn
+
+  local function sql(q) return helper.psql(dbname, q) end
+
+  local function serve_table(columns, data_json, extra)
+    local cols = {}
+    for i, c in ipairs(columns) do cols[i] = { column_name = c, data_type = "text", is_nullable = "YES" } end
+    peer.scenario(API .. "status", { status = 200, body = { enabled = true, incoming_mode = "auto_accept",
+      password_required = false } })
+    peer.scenario(API .. "table-schema", { status = 200, body = { success = true, schema = { table_name = "wire",
+      columns = cols } } })
+    peer.scenario(API .. "list-tables", { status = 200, raw = '{"success":true,"tables":[{"name":"wire","row_count":' ..
+      (extra and extra.row_count or 1) .. ',"size_bytes":1,"checksum":null,"depends_on":[]}]}' })
+    peer.scenario(API .. "pull-data", extra and extra.pull or { status = 200,
+      raw = '{"data":' .. data_json .. ',"success":true,"table":"wire"}' })
+  end
+
+  lazy_setup(function()
+    dbname, conninfo = helper.create_database("wire")
+    sql([[CREATE TYPE mood AS ENUM ('sad', 'happy');
+      CREATE TABLE wire (id bigint PRIMARY KEY, u uuid, u2 uuid, u3 uuid, raw bytea, wrapped bytea, label text,
+        f8 double precision, f4 real, nan double precision, inf double precision, ninf double precision,
+        num numeric, tz timestamptz, ts timestamp, d date, t time, jb jsonb, jb2 jsonb, js json,
+        tags text[], m mood, moods mood[], flag boolean)]])
+    peer = helper.start_peer()
+    client = pksync.new { db = conninfo, site_url = "https://me.example" }
+    conn = { site_url = peer.url, auth_token_hash = ("c"):rep(64) }
+  end)
+
+  lazy_teardown(function()
+    peer.stop()
+    client:close()
+    helper.drop_database(dbname)
+  end)
+
+  before_each(function()
+    peer.reset()
+    sql("TRUNCATE wire")
+  end)
+
+  it("stores every PhoenixKit wire form by the local column type", function()
+    local row = [[{"id":9223372036854775807,
+      "u":{"__phoenix_kit_binary__":"/wAAAAAAQACAAAAAAAAAAA=="},
+      "u2":"\u0001\u0002\u0003\u0004\u0005\u0006\u0007\u0008\u0009\u000a\u000b\u000c\u000d\u000e\u000f\u0010",
+      "u3":"ff000000-0000-4000-8000-00000000000a",
+      "raw":"a\\b\\x41","wrapped":{"__phoenix_kit_binary__":"AP8Q"},
+      "label":"2025-12-15","f8":1.0e10,"f4":0.10000000149011612,"nan":"NaN","inf":"inf","ninf":"-inf",
+      "num":"1E-7","tz":"2025-12-15T18:56:59.387453Z","ts":"2025-12-15T18:56:59.387453","d":"2025-12-15",
+      "t":"18:56:59.000000","jb":{"a":[1,{"b":null}],"n":9007199254740993},"jb2":"scalar","js":[1, 2],
+      "tags":["a,b","c\"d","e\\f",null,"NULL",""],"m":"happy","moods":["sad","happy"],"flag":false}]]
+    serve_table({ "id", "u", "u2", "u3", "raw", "wrapped", "label", "f8", "f4", "nan", "inf", "ninf", "num", "tz",
+      "ts", "d", "t", "jb", "jb2", "js", "tags", "m", "moods", "flag" }, "[" .. row .. "]")
+    local r = assert(client:pull_table_data(conn, "wire"))
+    assert.equals(1, r.records_imported)
+    assert.equals("pull-data", r.path)
+    local checks = {
+      "id = 9223372036854775807",
+      "u = 'ff000000-0000-4000-8000-000000000000'",
+      "u2 = '01020304-0506-0708-090a-0b0c0d0e0f10'",
+      "u3 = 'ff000000-0000-4000-8000-00000000000a'",
+      [[wrapped = '\x00ff10'::bytea]],
+      "label = '2025-12-15'",
+      "f8 = 1e10",
+      "f4 = 0.1::real",
+      "nan = 'NaN'", "inf = 'Infinity'", "ninf = '-Infinity'",
+      "num = 0.0000001 AND num::text = '1E-7'::numeric::text",
+      "tz = '2025-12-15 18:56:59.387453+00'",
+      "ts = '2025-12-15 18:56:59.387453'",
+      "d = '2025-12-15'", "t = '18:56:59'",
+      [[jb = '{"a":[1,{"b":null}],"n":9007199254740993}'::jsonb]],
+      [[jb2 = '"scalar"'::jsonb]],
+      [[js::text = '[1, 2]']],
+      [=[tags = ARRAY['a,b', 'c"d', 'e\f', NULL, 'NULL', '']]=],
+      "m = 'happy'", "moods = '{sad,happy}'", "flag = false",
+    }
+    for _, c in ipairs(checks) do
+      assert.equals("t", sql("SELECT (" .. c .. ") FROM wire"), c)
+    end
+    -- the plain string with backslashes is exactly those bytes
+    assert.equals("615c625c783431", sql("SELECT encode(raw, 'hex') FROM wire"))
+  end)
+
+  it("fails rows whose values the column cannot take, and keeps the rest", function()
+    serve_table({ "id", "flag", "u" }, '[{"id":1,"flag":true},{"id":2,"flag":"maybe"},{"id":3,"flag":[1]},' ..
+      '{"id":4,"u":{"__phoenix_kit_binary__":"AAEC"}},"not an object",{"id":6,"flag":null}]', { row_count = 6 })
+    local r = assert(client:pull_table_data(conn, "wire"))
+    assert.equals(6, r.records_transferred)
+    assert.equals(2, r.records_imported)
+    assert.equals(4, r.records_failed)
+    assert.is_string(r.error_sample)
+    assert.equals("1,6", sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM wire"))
+  end)
+
+  local bad_answers = {
+    { "HTML error page", { status = 500, raw = "<html>Internal Server Error</html>" }, "unexpected_response" },
+    { "401", { status = 401, body = { success = false, error = "Invalid connection" } }, "unauthorized" },
+    { "403", { status = 403, body = { success = false, error = "Connection is not active" } }, "forbidden" },
+    { "404", { status = 404, body = { success = false, error = "Table not found" } }, "table_not_found" },
+    { "success false", { status = 200, body = { success = false, error = "Failed to pull data" } }, "Failed to pull data" },
+    { "no data array", { status = 200, body = { success = true, table = "wire" } }, "invalid_response" },
+    { "data not an array", { status = 200, raw = '{"success":true,"data":{"id":1}}' }, "invalid_response" },
+    { "truncated JSON", { status = 200, raw = '{"success":true,"data":[{"id":1},{"id":2' }, "invalid_response" },
+    { "trailing garbage", { status = 200, raw = '{"success":true,"data":[{"id":1}]} tail' }, "invalid_response" },
+  }
+  for _, case in ipairs(bad_answers) do
+    it("maps a bad answer (" .. case[1] .. ") to an error and commits nothing", function()
+      serve_table({ "id" }, "[]", { pull = case[2] })
+      local none, err, detail = client:pull_table_data(conn, "wire")
+      assert.is_nil(none)
+      assert.equals(case[3], err)
+      assert.equals(0, detail.result.records_imported)
+      assert.equals("0", sql("SELECT count(*) FROM wire"))
+    end)
+  end
+
+  it("rolls back a page whose body is cut mid-way", function()
+    local rows = {}
+    for i = 1, 500 do rows[i] = ('{"id":%d,"label":"%s"}'):format(i, ("x"):rep(50)) end
+    serve_table({ "id", "label" }, "[]", { row_count = 500, pull = { status = 200, mode = "close_mid_body",
+      raw = '{"success":true,"data":[' .. table.concat(rows, ",") .. ']}' } })
+    local none, err = client:pull_table_data(conn, "wire", { batch_rows = 50 })
+    assert.is_nil(none)
+    assert.is_string(err)
+    assert.equals("0", sql("SELECT count(*) FROM wire"))
+  end)
+end)
+
+describe("pull_tables", function()
+  local a, b = {}, {}
+  local recv
+
+  lazy_setup(function()
+    a.dbname, a.conninfo = helper.create_database("tables_a")
+    b.dbname, b.conninfo = helper.create_database("tables_b")
+    for _, s in ipairs { a, b } do
+      helper.psql(s.dbname, [[
+        CREATE TABLE users (id bigint PRIMARY KEY, email text UNIQUE NOT NULL, name text);
+        CREATE TABLE posts (id bigint PRIMARY KEY, user_id bigint REFERENCES users (id), title text);
+        CREATE TABLE comments (id bigint PRIMARY KEY, post_id bigint REFERENCES posts (id),
+          user_id bigint REFERENCES users (id), body text);
+        CREATE TABLE ring_a (id int PRIMARY KEY, b_id int);
+        CREATE TABLE ring_b (id int PRIMARY KEY, a_id int REFERENCES ring_a (id));
+        ALTER TABLE ring_a ADD FOREIGN KEY (b_id) REFERENCES ring_b (id);
+      ]])
+    end
+    helper.psql(a.dbname, [[
+      INSERT INTO users VALUES (1, 'alice@example.com', 'Alice (remote)'), (2, 'bob@example.com', 'Bob');
+      INSERT INTO posts VALUES (10, 1, 'by alice'), (11, 2, 'by bob');
+      INSERT INTO comments VALUES (100, 10, 2, 'bob on alice'), (101, 11, 1, 'alice on bob');
+      INSERT INTO ring_a VALUES (1, NULL); INSERT INTO ring_b VALUES (1, 1);]])
+    -- B already knows Alice, under another key
+    helper.psql(b.dbname, "INSERT INTO users VALUES (500, 'alice@example.com', 'Alice (local)')")
+    a.port = helper.free_port()
+    a.url = "http://127.0.0.1:" .. a.port
+    local site = pksync.new { db = a.conninfo, site_url = a.url }
+    assert(site:migrate())
+    assert(site:set_settings { enabled = true })
+    local _, raw = assert(site:create_connection { name = "A", direction = "sender", status = "active",
+      site_url = "https://b.example", notify = false, rate_limit_requests_per_minute = 0 })
+    site:close()
+    a.srv = helper.start_nginx { name = "tables", port = a.port, server = ([[
+      location /phoenix_kit/sync/api/ {
+        content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q } }
+      }]]):format(a.conninfo, a.url) }
+    b.client = pksync.new { db = b.conninfo, site_url = "https://b.example" }
+    recv = { site_url = a.url, auth_token_hash = pksync.token.hash(raw) }
+  end)
+
+  lazy_teardown(function()
+    a.srv.stop()
+    b.client:close()
+    helper.drop_database(a.dbname)
+    helper.drop_database(b.dbname)
+  end)
+
+  it("orders parents first, maps unique matches and rewrites foreign keys", function()
+    local out = assert(b.client:pull_tables(recv, { "comments", "posts", "users" }))
+    assert.same({ "users", "posts", "comments" }, out.order)
+    local users = out.tables.users
+    assert.equals(1, users.records_imported)   -- Bob
+    assert.equals(1, users.records_skipped)    -- Alice matched on email
+    assert.equals(2, out.tables.posts.records_imported)
+    assert.equals(2, out.tables.comments.records_imported)
+    local sql = function(q) return helper.psql(b.dbname, q) end
+    assert.equals("Alice (local)", sql("SELECT name FROM users WHERE email = 'alice@example.com'"))
+    assert.equals("2", sql("SELECT count(*) FROM users"))
+    assert.equals("500", sql("SELECT user_id FROM posts WHERE id = 10"))
+    assert.equals("2", sql("SELECT user_id FROM posts WHERE id = 11"))
+    assert.equals("500", sql("SELECT user_id FROM comments WHERE id = 101"))
+    assert.equals("10", sql("SELECT post_id FROM comments WHERE id = 100"))
+  end)
+
+  it("reports dependency cycles and still completes the tables", function()
+    local out = assert(b.client:pull_tables(recv, { "ring_b", "ring_a" }))
+    assert.equals(1, #out.cycles)
+    table.sort(out.cycles[1])
+    assert.same({ "ring_a", "ring_b" }, out.cycles[1])
+    assert.equals(2, #out.order)
+    assert.equals("1", helper.psql(b.dbname, "SELECT count(*) FROM ring_a"))
+    assert.equals("1", helper.psql(b.dbname, "SELECT count(*) FROM ring_b"))
+  end)
+
+  it("orders a whole sender's tables and reports unknown names per table", function()
+    local order = require("pksync.pull").order_tables({ c = { "b" }, b = { "a" }, a = {}, self = { "self" } },
+      { "c", "self", "b", "a" })
+    assert.same({ "a", "b", "c", "self" }, order)
+    local out = assert(b.client:pull_tables(recv, { "users", "nope" }))
+    assert.equals("table_not_found", out.tables.nope.error)
   end)
 end)

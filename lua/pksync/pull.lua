@@ -170,8 +170,8 @@ local function run_page(self, ctx, endpoint, body)
     connect_timeout = ctx.opts.connect_timeout, max_body = self.max_body })
   if not res then return nil, err, detail end
   if not res.committed then return page_failure(res) end
+  if not res.saw_array then return page_failure(res) end
   add_page(ctx.result, res)
-  if res.rows > 0 and not res.saw_array then return page_failure(res) end
   return res
 end
 
@@ -352,6 +352,111 @@ function _M.pull_table_data(self, conn, table_name, opts)
     ok, err, detail = pull_plain(self, ctx)
   end
   return finish(self, ctx, ok, err, detail)
+end
+
+------------------------------------------------------------------------------
+-- pull_tables
+
+--- Parents before children by `depends_on`, within the selection. A cycle
+-- is broken where it is found (the table that closes it goes first) and
+-- reported as the list of its tables.
+function _M.order_tables(deps_of, selected)
+  local wanted, state, order, cycles = {}, {}, {}, {}
+  for _, n in ipairs(selected) do wanted[n] = true end
+  local stack = {}
+  local function visit(n)
+    if state[n] == "done" then return end
+    if state[n] == "visiting" then
+      local cycle = {}
+      for i = #stack, 1, -1 do
+        table.insert(cycle, 1, stack[i])
+        if stack[i] == n then break end
+      end
+      cycles[#cycles + 1] = setmetatable(cycle, core.array_mt)
+      return
+    end
+    state[n] = "visiting"
+    stack[#stack + 1] = n
+    for _, d in ipairs(deps_of[n] or {}) do
+      if wanted[d] and d ~= n then visit(d) end
+    end
+    stack[#stack] = nil
+    state[n] = "done"
+    order[#order + 1] = n
+  end
+  local sorted = {}
+  for _, n in ipairs(selected) do sorted[#sorted + 1] = n end
+  table.sort(sorted)
+  for _, n in ipairs(sorted) do visit(n) end
+  return setmetatable(order, core.array_mt), setmetatable(cycles, core.array_mt)
+end
+
+local MAX_PASSES = 3
+
+local function copy_opts(opts, extra)
+  local o = util.copy(opts)
+  for k, v in pairs(extra) do o[k] = v end
+  return o
+end
+
+--- Pull several tables, parents first, carrying keys across tables: a
+-- remote row that matches a local row on a unique constraint is not
+-- duplicated, its key is mapped to the local one, and foreign keys of later
+-- tables are rewritten through that map. Tables that had failed rows are
+-- pulled again (up to 3 passes) while another pass still makes progress,
+-- which settles rows that referenced a table pulled later.
+-- @param tables_or_nil names to pull (nil: every table the sender lists)
+-- @param opts as pull_table_data, applied to every table
+-- @return `{order, cycles, passes, tables = {name -> result | {error=, detail=}}}`
+--   or nil, err, detail when the sender's table list cannot be read
+function _M.pull_tables(self, conn, tables_or_nil, opts)
+  if type(conn) ~= "table" then error("bad argument #1 to 'pull_tables' (connection table expected)", 2) end
+  opts = opts or {}
+  local list, err, detail = self:fetch_sender_tables(conn, { timeout = opts.timeout })
+  if not list then return nil, err, detail end
+  local info, deps_of, selected = {}, {}, {}
+  for _, t in ipairs(list) do
+    info[t.name] = t
+    deps_of[t.name] = t.depends_on
+  end
+  for _, name in ipairs(tables_or_nil or {}) do selected[#selected + 1] = name end
+  if not tables_or_nil then
+    for _, t in ipairs(list) do selected[#selected + 1] = t.name end
+  end
+  local out = { tables = {}, passes = 0 }
+  out.order, out.cycles = _M.order_tables(deps_of, selected)
+  local db
+  db, err, detail = self:database()
+  if not db then return nil, err, detail end
+  local ok, kerr = db:exec(plan.keymap_ddl() .. "; TRUNCATE " .. util.quote_ident(plan.KEYMAP))
+  if not ok then return nil, "database_error", { message = kerr } end
+  local todo = out.order
+  for pass = 1, MAX_PASSES do
+    out.passes = pass
+    local again, progress = {}, false
+    for _, name in ipairs(todo) do
+      local r, e, d
+      if not info[name] then
+        e, d = "table_not_found", { message = "the sender does not list " .. util.display(name) }
+      elseif not util.valid_ident(name) then
+        e, d = "invalid_table_name", { message = "not a table name the protocol carries" }
+      else
+        r, e, d = _M.pull_table_data(self, conn, name,
+          copy_opts(opts, { remap = true, row_count = info[name].row_count }))
+      end
+      local previous = out.tables[name]
+      if r then
+        r.passes = pass
+        if previous and previous.records_imported then r.earlier = previous end
+        progress = progress or r.records_imported > 0 or r.records_updated > 0
+        if r.records_failed > 0 then again[#again + 1] = name end
+      end
+      out.tables[name] = r or { error = e, detail = d }
+    end
+    if #again == 0 or not progress then break end
+    todo = again
+  end
+  return out
 end
 
 return _M
