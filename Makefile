@@ -28,7 +28,7 @@ OBJSJIT = $(SRCS:src/%.c=build/objjit/%.o)
 CORE54  = build/54/pksync/core.so
 COREJIT = build/jit/pksync/core.so
 
-.PHONY: all deps test test-54 test-jit bench demo clean install ci
+.PHONY: all deps test test-54 test-jit bench demo clean install
 
 all: $(CORE54) $(COREJIT)
 
@@ -74,3 +74,9 @@ install: all
 	install -m 0755 $(CORE54) $(DESTDIR)$(PREFIX)/lib/lua/5.4/pksync/core.so
 	install -m 0644 lua/pksync.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync.lua
 	install -m 0644 lua/pksync/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync/
+
+# Import speed against COPY and per-row INSERT baselines, same run, same data.
+BENCH_ROWS ?= 1000000
+bench: deps
+	@$(MAKE) --no-print-directory -j2 all
+	@scripts/testenv.sh lua5.4 bench/bench.lua $(BENCH_ROWS)

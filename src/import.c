@@ -14,6 +14,11 @@
  * body arrived complete and valid, so an interrupted page leaves nothing
  * behind and a retry starts from the last committed cursor.
  *
+ * Pipelining: a pksync sender puts next_after before the rows, so while
+ * this page streams into COPY a second thread already fetches the next one
+ * (on its own libcurl handle, into memory); the next run_page call then
+ * reads that buffered answer instead of waiting for the network.
+ *
  * Bad rows never cost the good ones: a row the scanner cannot convert is
  * counted failed on the spot; a row PostgreSQL rejects during COPY is found
  * from the error's "line N" context, dropped, and the batch re-sent; a
@@ -25,6 +30,7 @@
 #include <inttypes.h>
 #include <lauxlib.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +38,13 @@
 #include "buf.h"
 #include "compat.h"
 #include "http.h"
+#include "json.h"
 #include "pg.h"
 #include "rows.h"
+
+static const char *const REQUEST_HEADERS[] = {
+    "Content-Type: application/json", "Accept: application/json", NULL,
+};
 
 #define COPY_FLUSH_BYTES (256 * 1024)
 #define ERRBODY_MAX (64 * 1024)
@@ -70,6 +81,29 @@ struct stmt {
     size_t nparams;
 };
 
+/* The next page, fetched by a thread while the current one is imported. */
+typedef struct prefetch {
+    int active;                /* thread started, not yet joined */
+    pthread_t thread;
+    pk_http *http;             /* the thread's own handle (kept alive by http_ref) */
+    int http_ref;
+    char *url, *after;         /* what was asked for */
+    pk_buf body, response;
+    long status, timeout_ms, connect_timeout_ms;
+    size_t max_body;
+    int ok;
+    pk_http_result res;
+} prefetch;
+
+/* How to ask for the next page: body = prefix + JSON string of the cursor + suffix. */
+typedef struct next_page {
+    const char *url, *prefix, *suffix;
+    pk_http *http;
+    int http_idx;              /* stack index of the handle during run_page */
+    long timeout_ms, connect_timeout_ms;
+    size_t max_body;
+} next_page;
+
 typedef struct importer {
     pk_rowplan *plan;
     pk_column *cols;
@@ -82,6 +116,9 @@ typedef struct importer {
     size_t batch_rows, max_row_bytes;
     int64_t next_row;          /* staging row numbers, increasing across pages */
     page pg;
+    prefetch pf;
+    next_page next;            /* valid during run_page only */
+    lua_State *L;              /* valid during run_page only (for the handle ref) */
 } importer;
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -380,6 +417,70 @@ static int on_row(void *ctx, const char *row, size_t len) {
     return 0;
 }
 
+/* ---- prefetching the next page ---------------------------------------------- */
+
+static int prefetch_sink(void *ctx, long status, const char *data, size_t n) {
+    prefetch *pf = (prefetch *)ctx;
+    pf->status = status;
+    pk_buf_add(&pf->response, data, n);
+    return pf->response.failed;
+}
+
+/* Thread body: no Lua, only libcurl on the prefetch's own handle. */
+static void *prefetch_run(void *arg) {
+    prefetch *pf = (prefetch *)arg;
+    pk_http_request req = {"POST", pf->url, pf->body.data, pf->body.len, REQUEST_HEADERS,
+                           pf->timeout_ms, pf->connect_timeout_ms, pf->max_body, prefetch_sink, pf};
+    pf->ok = pk_http_perform(pf->http, &req, &pf->res);
+    return NULL;
+}
+
+/* Start fetching the page after this one as soon as its cursor is known. */
+static void maybe_prefetch(importer *imp) {
+    prefetch *pf = &imp->pf;
+    if (pf->active || !imp->next.url) return;
+    pk_envelope env;
+    pk_rowscan_envelope(imp->pg.scan, &env);
+    if (env.has_more != 1 || !env.next_after) return;
+    pk_buf_reset(&pf->body);
+    pk_buf_reset(&pf->response);
+    pk_buf_adds(&pf->body, imp->next.prefix);
+    if (!pk_json_quote(&pf->body, env.next_after, strlen(env.next_after))) return;
+    pk_buf_adds(&pf->body, imp->next.suffix);
+    free(pf->url);
+    free(pf->after);
+    pf->url = dup_str(imp->next.url);
+    pf->after = dup_str(env.next_after);
+    if (!pf->url || !pf->after || pf->body.failed) return;
+    pf->http = imp->next.http;
+    pf->timeout_ms = imp->next.timeout_ms;
+    pf->connect_timeout_ms = imp->next.connect_timeout_ms;
+    pf->max_body = imp->next.max_body;
+    pf->status = 0;
+    pf->ok = 0;
+    if (pthread_create(&pf->thread, NULL, prefetch_run, pf) == 0) pf->active = 1;
+}
+
+/* Wait for a running prefetch and release its handle reference.
+ * Returns 1 when one was joined. */
+static int prefetch_join(importer *imp, lua_State *L) {
+    prefetch *pf = &imp->pf;
+    if (!pf->active) return 0;
+    pthread_join(pf->thread, NULL);
+    pf->active = 0;
+    luaL_unref(L, LUA_REGISTRYINDEX, pf->http_ref);
+    pf->http_ref = LUA_NOREF;
+    return 1;
+}
+
+static void prefetch_free(prefetch *pf) {
+    pk_buf_free(&pf->body);
+    pk_buf_free(&pf->response);
+    free(pf->url);
+    free(pf->after);
+    pf->url = pf->after = NULL;
+}
+
 /* libcurl body sink. */
 static int on_body(void *ctx, long status, const char *data, size_t n) {
     importer *imp = (importer *)ctx;
@@ -391,7 +492,10 @@ static int on_body(void *ctx, long status, const char *data, size_t n) {
         pk_buf_add(&pg->errbody, data, n < room ? n : room);
         return 0;
     }
-    if (pk_rowscan_feed(pg->scan, data, n)) return 0;
+    if (pk_rowscan_feed(pg->scan, data, n)) {
+        maybe_prefetch(imp);
+        return 0;
+    }
     if (!pg->fatal) {
         pg->scan_failed = 1;
         set_msg(pg->scan_error, pk_rowscan_error(pg->scan));
@@ -489,7 +593,10 @@ static void importer_release(importer *imp) {
 }
 
 static int l_importer_gc(lua_State *L) {
-    importer_release((importer *)luaL_checkudata(L, 1, PK_IMPORTER_MT));
+    importer *imp = (importer *)luaL_checkudata(L, 1, PK_IMPORTER_MT);
+    prefetch_join(imp, L);
+    prefetch_free(&imp->pf);
+    importer_release(imp);
     return 0;
 }
 
@@ -611,6 +718,7 @@ static int l_importer_new(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     importer *imp = (importer *)lua_newuserdata(L, sizeof *imp);
     memset(imp, 0, sizeof *imp);
+    imp->pf.http_ref = LUA_NOREF;
     luaL_setmetatable(L, PK_IMPORTER_MT);
     read_columns(L, 1, imp);
     imp->copy_sql = string_field(L, 1, "copy", 1);
@@ -720,10 +828,6 @@ static int push_transport_failure(lua_State *L, const pk_http_result *res, const
     return 3;
 }
 
-static const char *const REQUEST_HEADERS[] = {
-    "Content-Type: application/json", "Accept: application/json", NULL,
-};
-
 static long opt_ms(lua_State *L, int tbl, const char *field) {
     lua_getfield(L, tbl, field);
     lua_Number n = lua_isnil(L, -1) ? 0 : luaL_checknumber(L, -1);
@@ -731,48 +835,113 @@ static long opt_ms(lua_State *L, int tbl, const char *field) {
     return n > 0 && n < 2147483647.0 ? (long)n : 0;
 }
 
-/* imp:run_page(db, http, {url=, body=, timeout=, connect_timeout=, max_body=})
+/* Optional pipelining fields of a page request: next_prefix, next_suffix
+ * and next_http (a second handle for the prefetch thread). The handle is
+ * referenced in the registry so it outlives a prefetch still running. */
+static void read_next(lua_State *L, int req, importer *imp, const char *url) {
+    memset(&imp->next, 0, sizeof imp->next);
+    lua_getfield(L, req, "next_http");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    imp->next.http = pk_http_check(L, -1);
+    imp->next.http_idx = lua_gettop(L);
+    lua_getfield(L, req, "next_prefix");
+    lua_getfield(L, req, "next_suffix");
+    imp->next.prefix = luaL_checkstring(L, -2);
+    imp->next.suffix = luaL_checkstring(L, -1);
+    imp->next.url = url;
+}
+
+/* Feed a prefetched answer through the sink, as if it arrived now. */
+static int replay(importer *imp, pk_http_result *res) {
+    prefetch *pf = &imp->pf;
+    if (!pf->ok) {
+        *res = pf->res;
+        if (res->err == pf->res.message) res->err = res->message;
+        return 0;
+    }
+    /* Replaying may start the next prefetch, which reuses pf: take what
+     * this page needs out of it first. */
+    pk_buf body = pf->response;
+    long status = pf->status;
+    pk_buf_init(&pf->response);
+    memset(res, 0, sizeof *res);
+    int ok = 1;
+    for (size_t off = 0; off < body.len && ok;) {
+        size_t n = body.len - off < 65536 ? body.len - off : 65536;
+        if (on_body(imp, status, body.data + off, n)) {
+            ok = 0;
+            res->err = "aborted";
+            res->reason = "aborted";
+        }
+        off += n;
+    }
+    if (body.len == 0) imp->pg.status = status;
+    pk_buf_free(&body);
+    return ok;
+}
+
+/* imp:run_page(db, http, {url=, body=, after=, timeout=, connect_timeout=,
+ *   max_body=, next_http=, next_prefix=, next_suffix=})
  *   -> result table | nil, err, detail (transport or database failure) */
 static int l_run_page(lua_State *L) {
     importer *imp = check_importer(L, 1);
     PGconn *conn = pk_pg_conn(L, 2);
     pk_http *http = pk_http_check(L, 3);
     luaL_checktype(L, 4, LUA_TTABLE);
-    lua_getfield(L, 4, "url");   /* stays on the stack while in use */
+    lua_getfield(L, 4, "url");   /* these stay on the stack while in use */
     lua_getfield(L, 4, "body");
-    const char *url = luaL_checkstring(L, -2);
+    lua_getfield(L, 4, "after");
+    const char *url = luaL_checkstring(L, -3);
     size_t body_len;
-    const char *body = luaL_checklstring(L, -1, &body_len);
+    const char *body = luaL_checklstring(L, -2, &body_len);
+    const char *after = lua_tostring(L, -1);
     pk_http_request req = {"POST", url, body, body_len, REQUEST_HEADERS,
                            opt_ms(L, 4, "timeout"), opt_ms(L, 4, "connect_timeout"),
                            (size_t)opt_ms(L, 4, "max_body"), on_body, imp};
+    prefetch *pf = &imp->pf;
+    int have = prefetch_join(imp, L) && after && pf->url && pf->after &&
+               strcmp(pf->url, url) == 0 && strcmp(pf->after, after) == 0;
+    read_next(L, 4, imp, url);
+    if (imp->next.http) {
+        imp->next.timeout_ms = req.timeout_ms;
+        imp->next.connect_timeout_ms = req.connect_timeout_ms;
+        imp->next.max_body = req.max_body;
+        lua_pushvalue(L, imp->next.http_idx);
+        pf->http_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     page *pg = &imp->pg;
     page_clear(pg);
     pg->conn = conn;
     pg->scan = pk_rowscan_new(imp->array_key, imp->max_row_bytes, on_row, imp);
-    if (!pg->scan) return luaL_error(L, "pksync: out of memory");
     int own_tx = 0;
-    if (!page_begin(imp, &own_tx)) {
-        page_rollback(pg, own_tx);
-        return push_db_failure(L, pg);
-    }
     pk_http_result res;
-    int ok = pk_http_perform(http, &req, &res);
-    int valid = ok && pg->status == 200 && !pg->fatal && !pg->scan_failed;
-    if (valid && !(valid = pk_rowscan_finish(pg->scan)))
-        set_msg(pg->scan_error, pk_rowscan_error(pg->scan));
-    pk_envelope env;
-    pk_rowscan_envelope(pg->scan, &env);
-    int committed = valid && env.success == 1 && end_batch(imp) && page_commit(pg, own_tx);
-    if (!committed) page_rollback(pg, own_tx);
+    int ok = 0, valid = 0, committed = 0;
+    if (pg->scan && page_begin(imp, &own_tx)) {
+        ok = have ? replay(imp, &res) : pk_http_perform(http, &req, &res);
+        valid = ok && pg->status == 200 && !pg->fatal && !pg->scan_failed;
+        if (valid && !(valid = pk_rowscan_finish(pg->scan)))
+            set_msg(pg->scan_error, pk_rowscan_error(pg->scan));
+        pk_envelope env;
+        pk_rowscan_envelope(pg->scan, &env);
+        committed = valid && env.success == 1 && end_batch(imp) && page_commit(pg, own_tx);
+    }
+    if (!committed && pg->scan) page_rollback(pg, own_tx);
+    memset(&imp->next, 0, sizeof imp->next);
+    if (!pf->active && pf->http_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, pf->http_ref);
+        pf->http_ref = LUA_NOREF;
+    }
+    if (!pg->scan) return luaL_error(L, "pksync: out of memory");
     if (pg->fatal) return push_db_failure(L, pg);
     if (!ok && !pg->scan_failed) return push_transport_failure(L, &res, pg);
     return push_result(L, imp, valid, committed);
 }
 
 static int l_importer_close(lua_State *L) {
-    importer_release((importer *)luaL_checkudata(L, 1, PK_IMPORTER_MT));
-    return 0;
+    return l_importer_gc(L);
 }
 
 static const luaL_Reg importer_methods[] = {

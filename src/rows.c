@@ -29,9 +29,10 @@
  *    in-string and escape state across chunks, so every byte is looked at
  *    once however the body is split. An item that lies within one chunk is
  *    used in place; only an item cut by a chunk boundary is copied, into a
- *    pending buffer that is bounded by max_row_bytes. Each finished item is
- *    then validated with pk_json_skip, so a corrupt body fails as a whole
- *    rather than as a row error.
+ *    pending buffer that is bounded by max_row_bytes. Envelope values are
+ *    validated with pk_json_skip; array elements are left to the row
+ *    converter, which parses them anyway (so the hot path parses once) and
+ *    turns a malformed element into a failed row.
  *  - No mutable statics: plans and scanners may live in several threads.
  */
 #include "rows.h"
@@ -985,13 +986,15 @@ static int item_done(pk_rowscan *s, int item, const char *p, size_t n) {
         s->state = S_COLON;
         return 1;
     }
-    if (!pk_json_skip(p, p + n, MAX_DEPTH, &e, &err))
-        return syntax_error(s, s->item_start + (size_t)(e - p), err);
-    if (e != p + n) return syntax_error(s, s->item_start + (size_t)(e - p), "unexpected character");
     if (item == IT_VALUE) {
+        if (!pk_json_skip(p, p + n, MAX_DEPTH, &e, &err))
+            return syntax_error(s, s->item_start + (size_t)(e - p), err);
+        if (e != p + n) return syntax_error(s, s->item_start + (size_t)(e - p), "unexpected character");
         s->state = S_AFTER_VALUE;
         return set_field(s, p, n);
     }
+    /* An array element is not validated here: the row converter parses it
+     * anyway and reports a malformed one as a failed row. */
     s->rows++;
     s->state = S_AFTER_ELEM;
     if (s->fn(s->ctx, p, n)) return scan_fail(s, "stopped by the row callback");

@@ -152,6 +152,7 @@ end
 -- they reopen on demand).
 function Client:close()
   if self._http then self._http:close() self._http = nil end
+  if self._http_prefetch then self._http_prefetch:close() self._http_prefetch = nil end
   if self._db then self._db:close() self._db = nil end
 end
 

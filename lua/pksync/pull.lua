@@ -158,16 +158,41 @@ local function page_failure(res)
   return nil, "invalid_response", { http_status = 200, message = "page not committed" }
 end
 
-local function run_page(self, ctx, endpoint, body)
-  body.auth_token_hash = ctx.conn.auth_token_hash
-  body.table_name = ctx.table
-  body.uuid_format = "text"
+local function endpoint(self, ctx, name)
   local prefix = ctx.conn.prefix
   if util.is_null(prefix) then prefix = self.prefix end
+  return transport.endpoint_url(ctx.conn.site_url, prefix, name)
+end
+
+--- Request body of a page, as "prefix" .. JSON(after) .. "}" when paging
+-- by cursor: the C side builds the next page's body the same way to fetch
+-- it ahead (see import.c).
+local function page_body(ctx, fields)
+  fields.auth_token_hash = ctx.conn.auth_token_hash
+  fields.table_name = ctx.table
+  fields.uuid_format = "text"
+  return json_encode(fields)
+end
+
+--- The HTTP handle the prefetch thread uses (never used elsewhere).
+local function prefetch_http(self)
+  local h = self._http_prefetch
+  if not h then
+    h = core.http_new { timeout = self.timeout, connect_timeout = self.connect_timeout,
+      ca_file = self.ca_file, insecure = self.insecure, max_body = self.max_body,
+      user_agent = transport.USER_AGENT }
+    self._http_prefetch = h
+  end
+  return h
+end
+
+local function run_page(self, ctx, name, body, page)
+  page = page or {}
   local res, err, detail = ctx.importer:run_page(ctx.db, self:http(), {
-    url = transport.endpoint_url(ctx.conn.site_url, prefix, endpoint),
-    body = json_encode(body), timeout = ctx.opts.timeout or self.pull_timeout,
-    connect_timeout = ctx.opts.connect_timeout, max_body = self.max_body })
+    url = endpoint(self, ctx, name), body = body, after = page.after,
+    timeout = ctx.opts.timeout or self.pull_timeout, connect_timeout = ctx.opts.connect_timeout,
+    max_body = self.max_body, next_http = page.next_http, next_prefix = page.next_prefix,
+    next_suffix = page.next_suffix })
   if not res then return nil, err, detail end
   if not res.committed then return page_failure(res) end
   if not res.saw_array then return page_failure(res) end
@@ -190,13 +215,18 @@ end
 ------------------------------------------------------------------------------
 -- paths
 
---- paged_pull: keyset pages until the sender has no more.
+--- paged_pull: keyset pages until the sender has no more; each next page
+-- is fetched while the current one is imported.
 local function pull_paged(self, ctx)
   local cursor = ctx.cursor
-  local page_size = ctx.opts.page_size
+  local base = page_body(ctx, { conflict_strategy = ctx.strategy, limit = ctx.opts.page_size })
+  local prefix = base:sub(1, -2) .. ',"after":'
+  local page = { next_http = ctx.opts.prefetch ~= false and prefetch_http(self) or nil,
+                 next_prefix = prefix, next_suffix = "}" }
   repeat
-    local res, err, detail = run_page(self, ctx, "pull-data",
-      { conflict_strategy = ctx.strategy, limit = page_size, after = cursor })
+    page.after = cursor
+    local body = cursor and (prefix .. json_encode(cursor) .. "}") or base
+    local res, err, detail = run_page(self, ctx, "pull-data", body, page)
     if not res then return nil, err, detail end
     if res.has_more and not res.next_after then
       return nil, "invalid_response", { message = "has_more without next_after" }
@@ -213,7 +243,7 @@ end
 -- table-records by primary key from the start (rows of the first page come
 -- again and are applied idempotently by the strategy).
 local function pull_plain(self, ctx)
-  local res, err, detail = run_page(self, ctx, "pull-data", { conflict_strategy = ctx.strategy })
+  local res, err, detail = run_page(self, ctx, "pull-data", page_body(ctx, { conflict_strategy = ctx.strategy }))
   if not res then return nil, err, detail end
   local count = ctx.row_count
   local short = res.truncated or res.has_more or (count ~= nil and res.rows < count)
@@ -225,7 +255,7 @@ local function pull_plain(self, ctx)
   ctx.importer = core.importer_new(ctx.spec("records"))
   local offset = 0
   repeat
-    res, err, detail = run_page(self, ctx, "table-records", { limit = RECORDS_PAGE, offset = offset })
+    res, err, detail = run_page(self, ctx, "table-records", page_body(ctx, { limit = RECORDS_PAGE, offset = offset }))
     if not res then return nil, err, detail end
     offset = offset + res.rows
     ok, perr = progress(ctx, res.rows < RECORDS_PAGE)
@@ -342,7 +372,8 @@ function _M.pull_table_data(self, conn, table_name, opts)
     if not ok then return finish(self, ctx, nil, "database_error", { message = e }) end
     ctx.drop_stage = drop
   end
-  local batch = opts.batch_rows or DEFAULT_BATCH_ROWS
+  -- COPY straight into the target needs no apply step: a batch is a page
+  local batch = opts.batch_rows or (direct and opts.page_size) or DEFAULT_BATCH_ROWS
   ctx.spec = function(array_key) return plan.importer_spec(p, direct, array_key, batch) end
   ctx.importer = core.importer_new(ctx.spec("data"))
   local ok

@@ -356,12 +356,16 @@ local function record_pull(self, db, conn, req, body, page_info)
   return tid
 end
 
+--- The pull-data answer. The paging fields come before the rows, so a
+-- client can ask for the next page while this one is still arriving.
 local function pull_envelope(name, rows_json, info, filtered)
-  local parts = { '{"success":true,"table":', json_encode(name), ',"data":', rows_json,
+  local parts = { '{"success":true,"table":', json_encode(name),
     ',"has_more":', info.has_more and "true" or "false",
     ',"next_after":', info.next_after and json_encode(info.next_after) or "null" }
   if info.has_more then parts[#parts + 1] = ',"truncated":true' end
   if filtered then parts[#parts + 1] = ',"filtered":true' end
+  parts[#parts + 1] = ',"data":'
+  parts[#parts + 1] = rows_json
   parts[#parts + 1] = "}"
   return tbl_concat(parts)
 end

@@ -1,0 +1,122 @@
+-- bench/bench.lua [ROWS]: pksync's import speed against baselines measured
+-- in the same run on the same data (see bench/README.md). Run through
+-- `make bench`, which provides the throwaway PostgreSQL cluster.
+package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
+local helper = require "helper"
+local pksync = require "pksync"
+local core = require "pksync.core"
+
+local ROWS = tonumber(arg[1]) or 1000000
+local SMALL = math.min(100000, ROWS)
+local PAGE = tonumber(os.getenv("PKSYNC_BENCH_PAGE") or "") or 25000
+
+-- Autovacuum is off for every bench table alike, so background work from
+-- one step does not land in the next step's timing.
+local TABLE = [[CREATE TABLE %s (id bigint PRIMARY KEY, uuid uuid, name text, price numeric(12,2),
+  active boolean, created_at timestamptz, tags text[], payload jsonb) WITH (autovacuum_enabled = off)]]
+
+local function say(fmt, ...) io.write(string.format(fmt, ...), "\n") io.flush() end
+
+local function timed(fn)
+  helper.psql("postgres", "CHECKPOINT")
+  local t0 = core.monotonic_ms()
+  local a, b = fn()
+  return (core.monotonic_ms() - t0) / 1000, a, b
+end
+
+local function make_source(dbname, name, n)
+  helper.psql(dbname, TABLE:format(name))
+  helper.psql(dbname, ([[INSERT INTO %s SELECT g, gen_random_uuid(), 'Product name ' || g,
+    round((g %% 100000) * 1.37, 2), g %% 3 = 0, timestamptz '2024-01-01 00:00:00+00' + g * interval '17 seconds',
+    ARRAY['tag' || (g %% 7), 'tag' || (g %% 11), 'quote"comma,'],
+    jsonb_build_object('k', g, 'nested', jsonb_build_array(g %% 5, 'x', true), 'note', 'payload ' || g)
+    FROM generate_series(1, %d) g]]):format(name, n))
+  helper.psql(dbname, "VACUUM ANALYZE " .. name)
+end
+
+local function pull_process(conninfo, url, hash, tbl, strategy)
+  helper.psql("postgres", "CHECKPOINT")
+  local cmd = ("LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/54/?.so;;' lua5.4 bench/pull_one.lua %s %s %s %s %s %d")
+    :format(helper.shell_quote(conninfo), url, hash, tbl, strategy, PAGE)
+  local out, ok = helper.run(cmd)
+  assert(ok, out)
+  return assert(pksync.json.decode(out:match("[^\n]*$") ~= "" and out:match("[^\n]*$") or out:match("([^\n]+)\n?$")))
+end
+
+say("pksync bench: %d rows (A on %d), page size %d", ROWS, SMALL, PAGE)
+local src_db, src_ci = helper.create_database("bench_src")
+local dst_db, dst_ci = helper.create_database("bench_dst")
+local t_gen = timed(function() make_source(src_db, "items", ROWS) end)
+say("  generated source in %.1f s", t_gen)
+
+-- L: psql \copy of the same rows from a file into an empty table
+local file = helper.root .. "/bench-items.copy"
+helper.psql(src_db, ("\\copy items TO '%s'"):format(file))
+helper.psql(dst_db, TABLE:format("items_l"))
+local t_l = timed(function() helper.psql(dst_db, ("\\copy items_l FROM '%s'"):format(file)) end)
+
+-- A: one INSERT ... ON CONFLICT DO NOTHING per row, each its own round trip
+helper.psql(dst_db, TABLE:format("items_a"))
+local src = assert(core.pg_connect(src_ci))
+local rows = assert(src:query(("SELECT id, uuid::text, name, price::text, active, created_at::text, tags::text, " ..
+  "payload::text FROM items ORDER BY id LIMIT %d"):format(SMALL)))
+src:close()
+local dst = assert(core.pg_connect(dst_ci))
+local t_a = timed(function()
+  for _, r in ipairs(rows) do
+    assert(dst:query("INSERT INTO items_a VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+      r.id, r.uuid, r.name, r.price, r.active, r.created_at, r.tags, r.payload))
+  end
+end)
+rows = nil
+collectgarbage()
+
+-- P: pksync pulling over HTTP from a local pksync sender (nginx)
+local port = helper.free_port()
+local url = "http://127.0.0.1:" .. port
+local site = pksync.new { db = src_ci, site_url = url }
+assert(site:migrate())
+assert(site:set_settings { enabled = true })
+local _, raw = assert(site:create_connection { name = "bench", direction = "sender", status = "active",
+  site_url = "https://bench.example", notify = false, rate_limit_requests_per_minute = 0,
+  max_records_per_request = PAGE })
+site:close()
+helper.psql(src_db, TABLE:format("items_small"))
+helper.psql(src_db, ("INSERT INTO items_small SELECT * FROM items WHERE id <= %d"):format(SMALL))
+local srv = helper.start_nginx { name = "bench", port = port, threads = 2, server = ([[
+  location /phoenix_kit/sync/api/ {
+    content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q } }
+  }]]):format(src_ci, url) }
+local hash = pksync.token.hash(raw)
+helper.psql(dst_db, TABLE:format("items") .. "; " .. TABLE:format("items_small"))
+local p_small = pull_process(dst_ci, url, hash, "items_small", "skip")
+local p_empty = pull_process(dst_ci, url, hash, "items", "skip")
+local p_over = pull_process(dst_ci, url, hash, "items", "overwrite")
+srv.stop()
+
+assert(p_empty.imported == ROWS and p_over.updated == ROWS, "pulls incomplete")
+local same = helper.psql(dst_db, "SELECT count(*) FROM items d JOIN items_l l USING (id) WHERE d::text = " ..
+  "ROW(l.id, l.uuid, l.name, l.price, l.active, l.created_at, l.tags, l.payload)::items::text")
+assert(tonumber(same) == ROWS, "pulled rows differ from the source: " .. same)
+
+local l_rate = ROWS / t_l
+local a_rate = SMALL / t_a
+local function rate(p) return p.rows / p.seconds end
+say("")
+say("| measure | rows | seconds | rows/s | vs L | vs A |")
+say("| --- | ---: | ---: | ---: | ---: | ---: |")
+say("| L: psql \\copy into an empty table | %d | %.2f | %.0f | 1.00 | %.1f |", ROWS, t_l, l_rate, l_rate / a_rate)
+say("| A: INSERT ... ON CONFLICT per row | %d | %.2f | %.0f | %.3f | 1.0 |", SMALL, t_a, a_rate, a_rate / l_rate)
+say("| P: pksync pull into an empty table | %d | %.2f | %.0f | %.2f | %.1f |", p_empty.rows, p_empty.seconds,
+  rate(p_empty), rate(p_empty) / l_rate, rate(p_empty) / a_rate)
+say("| P: pksync pull, overwrite a full table | %d | %.2f | %.0f | %.2f | %.1f |", p_over.rows, p_over.seconds,
+  rate(p_over), rate(p_over) / l_rate, rate(p_over) / a_rate)
+say("")
+say("peak RSS of the importing process: %.1f MiB at %d rows, %.1f MiB at %d rows",
+  p_small.peak_rss_kib / 1024, p_small.rows, p_empty.peak_rss_kib / 1024, p_empty.rows)
+say("targets: P >= 0.5 x L (%s), P >= 20 x A (%s), RSS < 64 MiB (%s)",
+  rate(p_empty) >= 0.5 * l_rate and "met" or "missed",
+  rate(p_empty) >= 20 * a_rate and "met" or "missed",
+  math.max(p_small.peak_rss_kib, p_empty.peak_rss_kib, p_over.peak_rss_kib) < 64 * 1024 and "met" or "missed")
+helper.drop_database(src_db)
+helper.drop_database(dst_db)
