@@ -473,7 +473,7 @@ describe("pull_tables", function()
   end)
 
   it("orders a whole sender's tables and reports unknown names per table", function()
-    local order = require("pksync.pull").order_tables({ c = { "b" }, b = { "a" }, a = {}, self = { "self" } },
+    local order = require("pksync.pull")._order_tables({ c = { "b" }, b = { "a" }, a = {}, self = { "self" } },
       { "c", "self", "b", "a" })
     assert.same({ "a", "b", "c", "self" }, order)
     local out = assert(b.client:pull_tables(recv, { "users", "nope" }))

@@ -61,13 +61,14 @@ typedef struct page {
     size_t sent;               /* bytes of batch already sent to COPY */
     int copy_open;
     int64_t batch_first;       /* staging row number of line 0 */
-    int64_t rows, imported, updated, skipped, failed;
+    int64_t rows, imported, updated, skipped, failed, filtered;
     int64_t bytes;
     long status;
     pk_buf errbody;
     int scan_failed;
     char scan_error[MSG_MAX];
     int fatal;
+    int hook_failed;           /* the fatal error came from a Lua hook */
     char fatal_msg[MSG_MAX];
     char fatal_state[8];
     char sample[MSG_MAX];      /* first row error */
@@ -118,7 +119,10 @@ typedef struct importer {
     page pg;
     prefetch pf;
     next_page next;            /* valid during run_page only */
-    lua_State *L;              /* valid during run_page only (for the handle ref) */
+    lua_State *L;              /* valid during run_page only: row hooks run in it */
+    int transform_ref;         /* Lua function(row) -> row | nil, or LUA_NOREF */
+    int after_batch_ref;       /* Lua function(first, last) -> rows updated, or LUA_NOREF */
+    pk_buf hooked;             /* a row as the transform hook returned it */
 } importer;
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -279,6 +283,107 @@ static int copy_batch(importer *imp) {
     }
 }
 
+/* ---- Lua hooks -------------------------------------------------------------------- *
+ * Rows normally never touch Lua. A policy's transform hook, and the resolve
+ * step of the "custom" strategy, do: they run through lua_pcall around a C
+ * trampoline, so nothing a hook (or a memory error) raises can unwind
+ * through libcurl or libpq. */
+
+static void hook_failure(page *pg, const char *hook, lua_State *L) {
+    const char *msg = lua_tostring(L, -1);
+    pg->fatal = 1;
+    pg->hook_failed = 1;
+    snprintf(pg->fatal_msg, MSG_MAX, "%s: %.400s", hook, msg ? msg : "(error object is not a string)");
+    pg->fatal_state[0] = '\0';
+}
+
+/* Protected: (hook, row pointer, row length) -> encoded row | false
+ * (filtered) | nil, reason (the row cannot be used). */
+static int transform_trampoline(lua_State *L) {
+    const char *row = (const char *)lua_touserdata(L, 2);
+    size_t len = (size_t)lua_tonumber(L, 3);
+    lua_settop(L, 1);
+    lua_pushcfunction(L, pk_json_lua_decode);
+    lua_pushlstring(L, row, len);
+    lua_call(L, 1, 2);
+    if (lua_isnil(L, -2)) return 2;          /* nil, "invalid JSON ..." */
+    lua_pop(L, 1);
+    lua_call(L, 1, 1);                       /* hook(row) */
+    if (!lua_toboolean(L, -1)) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    lua_pushcfunction(L, pk_json_lua_encode);
+    lua_insert(L, -2);
+    lua_call(L, 1, 2);
+    return 2;
+}
+
+/* Run the transform hook on one row. Returns the row text to import (in
+ * imp->hooked), NULL with *filtered set, NULL with *err for an unusable row,
+ * or NULL with a hook failure recorded in the page. */
+static const char *transform_row(importer *imp, const char *row, size_t len, size_t *out_len,
+                                 int *filtered, char err[MSG_MAX]) {
+    lua_State *L = imp->L;
+    int top = lua_gettop(L);
+    *filtered = 0;
+    err[0] = '\0';
+    lua_pushcfunction(L, transform_trampoline);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, imp->transform_ref);
+    lua_pushlightuserdata(L, (void *)row);
+    lua_pushnumber(L, (lua_Number)len);
+    if (lua_pcall(L, 3, 2, 0) != 0) {
+        hook_failure(&imp->pg, "transform", L);
+        lua_settop(L, top);
+        return NULL;
+    }
+    const char *text = NULL;
+    if (lua_type(L, -2) == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, -2, &n);
+        pk_buf_reset(&imp->hooked);
+        pk_buf_add(&imp->hooked, s, n);
+        if (!imp->hooked.failed) {
+            text = imp->hooked.data;
+            *out_len = n;
+        }
+    } else if (lua_type(L, -2) == LUA_TBOOLEAN) {
+        *filtered = 1;
+    } else {
+        snprintf(err, MSG_MAX, "transform: %.400s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "unusable row");
+    }
+    lua_settop(L, top);
+    return text;
+}
+
+/* Protected: (fn, first, last) -> fn(first, last). */
+static int after_batch_trampoline(lua_State *L) {
+    lua_call(L, 2, 1);
+    return 1;
+}
+
+/* The resolve step of the custom strategy, on rows first..last of the
+ * staging table; it reports how many local rows it changed. */
+static int run_after_batch(importer *imp, int64_t first, int64_t last) {
+    if (imp->after_batch_ref == LUA_NOREF) return 1;
+    lua_State *L = imp->L;
+    int top = lua_gettop(L);
+    lua_pushcfunction(L, after_batch_trampoline);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, imp->after_batch_ref);
+    lua_pushnumber(L, (lua_Number)first);
+    lua_pushnumber(L, (lua_Number)last);
+    if (lua_pcall(L, 3, 1, 0) != 0) {
+        hook_failure(&imp->pg, "resolve", L);
+        lua_settop(L, top);
+        return 0;
+    }
+    int64_t changed = (int64_t)lua_tonumber(L, -1);
+    lua_settop(L, top);
+    imp->pg.updated += changed;
+    imp->pg.skipped -= changed;
+    return 1;
+}
+
 /* ---- applying a batch -------------------------------------------------------- */
 
 #define MAX_STMT_PARAMS 16
@@ -368,7 +473,9 @@ static int end_batch(importer *imp) {
     if (!imp->apply.sql) {
         pg->imported += (int64_t)pg->nlines;
     } else if (pg->nlines > 0) {
-        if (!run_pre(imp, first, last) || !apply_range(imp, first, last)) return 0;
+        if (!run_pre(imp, first, last) || !apply_range(imp, first, last) ||
+            !run_after_batch(imp, first, last))
+            return 0;
         if (imp->clear_sql && !exec_ok(pg, imp->clear_sql)) return 0;
     }
     reset_batch(imp);
@@ -401,6 +508,20 @@ static int on_row(void *ctx, const char *row, size_t len) {
     page *pg = &imp->pg;
     const char *err;
     pg->rows++;
+    if (imp->transform_ref != LUA_NOREF) {
+        int filtered;
+        char why[MSG_MAX];
+        row = transform_row(imp, row, len, &len, &filtered, why);
+        if (pg->fatal) return 1;
+        if (filtered) {
+            pg->filtered++;
+            return 0;
+        }
+        if (!row) {
+            note_row_error(pg, why);
+            return 0;
+        }
+    }
     if (!pk_row_to_copy(imp->plan, row, len, &pg->batch, &err)) {
         note_row_error(pg, err);
         return 0;
@@ -512,9 +633,9 @@ static void page_clear(page *pg) {
     pk_buf_reset(&pg->errbody);
     pg->nlines = pg->sent = 0;
     pg->copy_open = 0;
-    pg->rows = pg->imported = pg->updated = pg->skipped = pg->failed = pg->bytes = 0;
+    pg->rows = pg->imported = pg->updated = pg->skipped = pg->failed = pg->filtered = pg->bytes = 0;
     pg->status = 0;
-    pg->scan_failed = pg->fatal = 0;
+    pg->scan_failed = pg->fatal = pg->hook_failed = 0;
     pg->scan_error[0] = pg->fatal_msg[0] = pg->fatal_state[0] = pg->sample[0] = '\0';
 }
 
@@ -596,6 +717,10 @@ static int l_importer_gc(lua_State *L) {
     importer *imp = (importer *)luaL_checkudata(L, 1, PK_IMPORTER_MT);
     prefetch_join(imp, L);
     prefetch_free(&imp->pf);
+    luaL_unref(L, LUA_REGISTRYINDEX, imp->transform_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, imp->after_batch_ref);
+    imp->transform_ref = imp->after_batch_ref = LUA_NOREF;
+    pk_buf_free(&imp->hooked);
     importer_release(imp);
     return 0;
 }
@@ -710,15 +835,27 @@ static void read_columns(lua_State *L, int tbl, importer *imp) {
     lua_pop(L, 1);
 }
 
+/* A registry reference to an optional function field, or LUA_NOREF. */
+static int function_ref(lua_State *L, int tbl, const char *field) {
+    lua_getfield(L, tbl, field);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return LUA_NOREF;
+    }
+    luaL_checktype(L, -1, LUA_TFUNCTION);
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
 /* importer_new(spec) -> importer. spec: columns ({name, kind, elem_kind,
  * elem_delim}...), copy, clear, apply ({sql, params}), pre ({sql, params}...),
- * batch_rows, array_key, max_row_bytes, first_row. Without apply, rows are
- * COPYed straight into the copy statement's table (direct mode). */
+ * batch_rows, array_key, max_row_bytes, first_row, transform (function(row)
+ * -> row | nil), after_batch (function(first, last) -> rows changed). Without
+ * apply, rows are COPYed straight into the copy statement's table. */
 static int l_importer_new(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     importer *imp = (importer *)lua_newuserdata(L, sizeof *imp);
     memset(imp, 0, sizeof *imp);
-    imp->pf.http_ref = LUA_NOREF;
+    imp->pf.http_ref = imp->transform_ref = imp->after_batch_ref = LUA_NOREF;
     luaL_setmetatable(L, PK_IMPORTER_MT);
     read_columns(L, 1, imp);
     imp->copy_sql = string_field(L, 1, "copy", 1);
@@ -731,6 +868,9 @@ static int l_importer_new(lua_State *L) {
     imp->next_row = (int64_t)size_field(L, 1, "first_row", 1, (size_t)1 << 52);
     imp->plan = pk_rowplan_new(imp->cols, imp->ncols);
     if (!imp->plan) return luaL_error(L, "pksync: out of memory");
+    imp->transform_ref = function_ref(L, 1, "transform");
+    imp->after_batch_ref = function_ref(L, 1, "after_batch");
+    lua_settop(L, 2);
     return 1;
 }
 
@@ -795,6 +935,7 @@ static int push_result(lua_State *L, importer *imp, int valid, int committed) {
     set_int(L, "updated", committed ? pg->updated : 0);
     set_int(L, "skipped", committed ? pg->skipped : 0);
     set_int(L, "failed", committed ? pg->failed : 0);
+    set_int(L, "filtered", committed ? pg->filtered : 0);
     set_str(L, "error_sample", pg->sample);
     set_str(L, "invalid_reason", valid ? NULL : pg->scan_error);
     if (pg->status != 200 && pg->errbody.len > 0) {
@@ -808,7 +949,8 @@ static int push_result(lua_State *L, importer *imp, int valid, int committed) {
 
 static int push_db_failure(lua_State *L, const page *pg) {
     lua_pushnil(L);
-    lua_pushliteral(L, "database_error");
+    if (pg->hook_failed) lua_pushliteral(L, "hook_failed");
+    else lua_pushliteral(L, "database_error");
     lua_newtable(L);
     set_str(L, "message", pg->fatal_msg);
     set_str(L, "sqlstate", pg->fatal_state);
@@ -901,6 +1043,7 @@ static int l_run_page(lua_State *L) {
     pk_http_request req = {"POST", url, body, body_len, REQUEST_HEADERS,
                            opt_ms(L, 4, "timeout"), opt_ms(L, 4, "connect_timeout"),
                            (size_t)opt_ms(L, 4, "max_body"), on_body, imp};
+    imp->L = L;
     prefetch *pf = &imp->pf;
     int have = prefetch_join(imp, L) && after && pf->url && pf->after &&
                strcmp(pf->url, url) == 0 && strcmp(pf->after, after) == 0;
@@ -930,6 +1073,7 @@ static int l_run_page(lua_State *L) {
     }
     if (!committed && pg->scan) page_rollback(pg, own_tx);
     memset(&imp->next, 0, sizeof imp->next);
+    imp->L = NULL;
     if (!pf->active && pf->http_ref != LUA_NOREF) {
         luaL_unref(L, LUA_REGISTRYINDEX, pf->http_ref);
         pf->http_ref = LUA_NOREF;

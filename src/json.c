@@ -834,7 +834,7 @@ static void push_decode_error(lua_State *L, const decoder *d, size_t offset) {
 }
 
 /* json_decode(s [, opts]) -> value | nil, "invalid JSON at byte N: why" */
-static int l_json_decode(lua_State *L) {
+int pk_json_lua_decode(lua_State *L) {
     size_t n;
     luaL_checktype(L, 1, LUA_TSTRING);
     const char *s = lua_tolstring(L, 1, &n), *p = s;
@@ -1064,7 +1064,7 @@ static int encode_value(encoder *e, int idx, int depth) {
 }
 
 /* json_encode(v [, opts]) -> text | nil, why */
-static int l_json_encode(lua_State *L) {
+int pk_json_lua_encode(lua_State *L) {
     encoder e = {L, NULL, PK_JSON_DEFAULT_DEPTH, 0, 0, NULL, ""};
     luaL_checkany(L, 1);
     read_opts(L, 2, &e.max_depth, &e.sort_keys);
@@ -1093,8 +1093,8 @@ static int l_json_encode(lua_State *L) {
 /* ---- registration ------------------------------------------------------ */
 
 static const luaL_Reg json_funcs[] = {
-    {"json_decode", l_json_decode},
-    {"json_encode", l_json_encode},
+    {"json_decode", pk_json_lua_decode},
+    {"json_encode", pk_json_lua_encode},
     {"decimal", l_decimal},
     {"is_decimal", l_is_decimal},
     {NULL, NULL},

@@ -84,6 +84,11 @@ int pk_json_int64(const char *p, size_t n, int64_t *out);
  * already validated as a JSON number). */
 void pk_json_push_decimal(lua_State *L, const char *s, size_t n);
 
+/* The Lua functions json_decode(s [, opts]) and json_encode(v [, opts]),
+ * for C code that needs them on a Lua stack (row hooks in import.c). */
+int pk_json_lua_decode(lua_State *L);
+int pk_json_lua_encode(lua_State *L);
+
 void pk_open_json(lua_State *L);
 
 #endif

@@ -419,6 +419,13 @@ static int l_reset(lua_State *L) {
     return 2;
 }
 
+/* db:in_transaction() -> true inside a transaction block (also a failed one). */
+static int l_in_transaction(lua_State *L) {
+    PGTransactionStatusType st = PQtransactionStatus(check_handle(L, 1)->conn);
+    lua_pushboolean(L, st == PQTRANS_INTRANS || st == PQTRANS_INERROR || st == PQTRANS_ACTIVE);
+    return 1;
+}
+
 /* db:backend_pid() -> pid of the server process (for tests and logs). */
 static int l_backend_pid(lua_State *L) {
     lua_pushinteger(L, PQbackendPID(check_handle(L, 1)->conn));
@@ -438,6 +445,7 @@ static const luaL_Reg pg_methods[] = {
     {"copy_in", l_copy_in},
     {"escape_identifier", l_escape_identifier},
     {"is_open", l_is_open},
+    {"in_transaction", l_in_transaction},
     {"reset", l_reset},
     {"backend_pid", l_backend_pid},
     {"close", l_close},

@@ -16,16 +16,23 @@ local _M = {}
 --- Checksums are computed only up to this many rows (as PhoenixKit does).
 _M.CHECKSUM_MAX_ROWS = 10000
 
---- Run fn(db) inside a read-only transaction whose text output is fixed
--- (UTC, ISO dates, shortest exact floats), so two sites render the same
--- rows the same way. Restores the session afterwards.
+local CANONICAL = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; " ..
+  "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; SET LOCAL bytea_output = 'hex'"
+
+--- Run fn(db) with the session's text output fixed (UTC, ISO dates,
+-- shortest exact floats), so two sites render the same rows the same way.
+-- Inside a caller's transaction it uses a savepoint, so the caller's
+-- transaction and settings are left exactly as they were.
 function _M.with_canonical_text(db, fn)
-  local ok, err, detail = db:exec("BEGIN READ ONLY; SET LOCAL TimeZone = 'UTC'; " ..
-    "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; " ..
-    "SET LOCAL extra_float_digits = 1; SET LOCAL bytea_output = 'hex'")
+  local nested = db:in_transaction()
+  local ok, err, detail = db:exec((nested and "SAVEPOINT pksync_canonical; " or "BEGIN READ ONLY; ") .. CANONICAL)
   if not ok then return nil, err, detail end
   local r1, r2, r3 = fn(db)
-  db:exec(r1 and "COMMIT" or "ROLLBACK")
+  if nested then
+    db:exec("ROLLBACK TO SAVEPOINT pksync_canonical; RELEASE SAVEPOINT pksync_canonical")
+  else
+    db:exec(r1 and "COMMIT" or "ROLLBACK")
+  end
   return r1, r2, r3
 end
 

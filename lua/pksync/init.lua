@@ -27,6 +27,8 @@ local _M = {
   array_mt = core.array_mt,
   --- Exact JSON: `json.decode(s)`, `json.encode(v [, {sort_keys=true}])`.
   json = { decode = core.json_decode, encode = core.json_encode },
+  --- Policies: `policy.load(table_or_path)`.
+  policy = require "pksync.policy",
   --- Tokens: `generate()`, `hash(token)`, `equals(a, b)` (constant time).
   token = { generate = core.token_generate, hash = core.token_hash, equals = core.secure_equals },
 }
@@ -41,7 +43,7 @@ local client_mt = { __index = Client, __name = "pksync.client" }
 
 -- Each module returns a table of methods; a later module may not
 -- silently replace an earlier one's method.
-local MODULES = { "pksync.notifier", "pksync.store", "pksync.server", "pksync.pull" }
+local MODULES = { "pksync.notifier", "pksync.store", "pksync.server", "pksync.pull", "pksync.runner" }
 for _, name in ipairs(MODULES) do
   for k, fn in pairs(require(name)) do
     if type(fn) == "function" and k:sub(1, 1) ~= "_" then

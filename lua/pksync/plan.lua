@@ -14,8 +14,8 @@ local setmetatable = setmetatable
 
 local _M = {}
 
-_M.STRATEGIES = { skip = true, overwrite = true, merge = true, append = true }
-local NEEDS_KEY = { skip = true, overwrite = true, merge = true }
+_M.STRATEGIES = { skip = true, overwrite = true, merge = true, append = true, custom = true }
+local NEEDS_KEY = { skip = true, overwrite = true, merge = true, custom = true }
 
 local ROW = "__pksync_row"
 _M.KEYMAP = "pksync_keymap"
@@ -140,6 +140,11 @@ local function strategy_insert(p)
     return str_format("%s SELECT %s FROM src ORDER BY %s ON CONFLICT DO NOTHING RETURNING true AS created",
       insert_head(p, cols), list(cols), ROW)
   end
+  if p.strategy == "custom" then
+    -- new rows go in here; rows whose key exists are left to the resolve hook
+    return str_format("%s SELECT %s FROM src ORDER BY %s ON CONFLICT (%s) DO NOTHING RETURNING true AS created",
+      insert_head(p, cols), list(cols), ROW, list(keys))
+  end
   local sets = {}
   for i, c in ipairs(non_key) do sets[i] = str_format("%s = EXCLUDED.%s", q(c), q(c)) end
   local conflict = str_format(" ON CONFLICT (%s) DO UPDATE SET %s RETURNING (xmax = 0) AS created",
@@ -195,6 +200,21 @@ local function remap_statements(p)
       p.stage, q(key), p.column_by_name[key].sql_type, q(_M.KEYMAP), q(key), range) }
   end
   return out
+end
+
+--- Statements of the custom strategy's resolve step: the pairs (local row,
+-- remote row) of staged rows whose key exists locally, and the update that
+-- writes the row the hook chose. Rows travel as JSON and come back through
+-- jsonb_populate_record, so every column keeps its exact type.
+function _M.resolve_statements(p)
+  local staged = list(p.column_names, "x.")
+  local pairs_sql = str_format("SELECT to_jsonb(t)::text AS local_row, (to_jsonb(s) - '%s')::text AS remote_row " ..
+    "FROM %s s JOIN %s t ON %s WHERE s.%s BETWEEN $1 AND $2 ORDER BY s.%s",
+    ROW, p.stage, p.target, key_join(p.key_names, "t", "s"), ROW, ROW)
+  local update_sql = str_format("UPDATE %s t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1::jsonb) x) " ..
+    "WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2::jsonb) y)",
+    p.target, list(p.column_names), staged, p.target, list(p.key_names, "t."), list(p.key_names, "y."), p.target)
+  return pairs_sql, update_sql
 end
 
 --- The DDL of the key map (a temporary table of the session).
@@ -274,12 +294,14 @@ end
 
 --- The importer spec (core.importer_new) for a plan.
 -- @param direct COPY straight into the target (first pull into an empty table)
-function _M.importer_spec(p, direct, array_key, batch_rows, first_row)
+function _M.importer_spec(p, direct, array_key, batch_rows, first_row, hooks)
   local columns = {}
   for i, c in ipairs(p.columns) do
     columns[i] = { name = c.name, kind = c.kind, elem_kind = c.elem_kind, elem_delim = c.elem_delim }
   end
-  local spec = { columns = columns, array_key = array_key, batch_rows = batch_rows, first_row = first_row }
+  hooks = hooks or {}
+  local spec = { columns = columns, array_key = array_key, batch_rows = batch_rows, first_row = first_row,
+                 transform = hooks.transform, after_batch = hooks.after_batch }
   if direct then
     spec.copy = str_format("COPY %s (%s) FROM STDIN", p.target, list(p.column_names))
   else
@@ -294,7 +316,7 @@ end
 --- May rows go straight into the target with COPY? Only into an empty
 -- table, when no key juggling is needed.
 function _M.direct_ok(db, p)
-  if p.strategy == "append" or p.remap or p.identity_always then return false end
+  if p.strategy == "append" or p.strategy == "custom" or p.remap or p.identity_always then return false end
   local rows = db:query(str_format("SELECT EXISTS (SELECT 1 FROM %s) AS has_rows", p.target))
   return rows ~= nil and rows[1].has_rows == false
 end

@@ -124,7 +124,7 @@ end
 
 local function new_result(table_name, strategy)
   return { table = table_name, strategy = strategy, path = "pull-data", records_transferred = 0,
-    records_imported = 0, records_updated = 0, records_skipped = 0, records_failed = 0,
+    records_imported = 0, records_updated = 0, records_skipped = 0, records_failed = 0, records_filtered = 0,
     pages = 0, bytes = 0, seconds = 0, unknown_columns = setmetatable({}, core.array_mt) }
 end
 
@@ -135,6 +135,7 @@ local function add_page(result, res)
   result.records_updated = result.records_updated + res.updated
   result.records_skipped = result.records_skipped + res.skipped
   result.records_failed = result.records_failed + res.failed
+  result.records_filtered = result.records_filtered + res.filtered
   result.bytes = result.bytes + res.bytes
   if res.error_sample and not result.error_sample then result.error_sample = res.error_sample end
 end
@@ -275,6 +276,31 @@ local function check_args(conn, table_name, opts)
   if opts ~= nil and type(opts) ~= "table" then error("bad argument #3 to 'pull_table_data' (table expected)", 3) end
 end
 
+--- The custom strategy's resolve step for a batch of staged rows: the hook
+-- sees (local_row, remote_row) for every key that exists locally and returns
+-- the row to keep; a row other than the local one is written. Runs inside
+-- the page's transaction; an error stops the table (reported as "resolve").
+local function resolver(ctx, resolve)
+  local pairs_sql, update_sql = plan.resolve_statements(ctx.plan)
+  local db = ctx.db
+  return function(first, last)
+    local rows, err = db:query(pairs_sql, first, last)
+    if not rows then error("reading conflicting rows: " .. tostring(err), 0) end
+    local changed = 0
+    for _, r in ipairs(rows) do
+      local local_row = json_decode(r.local_row)
+      local keep = resolve(local_row, json_decode(r.remote_row))
+      if keep ~= nil and keep ~= local_row then
+        if type(keep) ~= "table" then error("must return a row table or nil", 0) end
+        local ok, uerr = db:query(update_sql, json_encode(keep), r.local_row)
+        if not ok then error("writing the resolved row: " .. tostring(uerr), 0) end
+        changed = changed + 1
+      end
+    end
+    return changed
+  end
+end
+
 local stage_counter = 0
 local function stage_suffix()
   stage_counter = stage_counter + 1
@@ -349,6 +375,12 @@ end
 function _M.pull_table_data(self, conn, table_name, opts)
   check_args(conn, table_name, opts)
   opts = opts or {}
+  if opts.conflict_strategy == "custom" and type(opts.resolve) ~= "function" then
+    error("pull_table_data: the custom strategy needs a resolve function", 2)
+  end
+  if opts.transform ~= nil and type(opts.transform) ~= "function" then
+    error("pull_table_data: transform must be a function", 2)
+  end
   local prep, err, detail = prepare(self, conn, table_name, opts)
   if not prep then return nil, err, detail end
   local db, p = prep.db, prep.plan
@@ -374,7 +406,9 @@ function _M.pull_table_data(self, conn, table_name, opts)
   end
   -- COPY straight into the target needs no apply step: a batch is a page
   local batch = opts.batch_rows or (direct and opts.page_size) or DEFAULT_BATCH_ROWS
-  ctx.spec = function(array_key) return plan.importer_spec(p, direct, array_key, batch) end
+  local hooks = { transform = opts.transform,
+                  after_batch = opts.resolve and resolver(ctx, opts.resolve) }
+  ctx.spec = function(array_key) return plan.importer_spec(p, direct, array_key, batch, nil, hooks) end
   ctx.importer = core.importer_new(ctx.spec("data"))
   local ok
   if features.paged_pull then
@@ -391,7 +425,7 @@ end
 --- Parents before children by `depends_on`, within the selection. A cycle
 -- is broken where it is found (the table that closes it goes first) and
 -- reported as the list of its tables.
-function _M.order_tables(deps_of, selected)
+local function order_tables(deps_of, selected)
   local wanted, state, order, cycles = {}, {}, {}, {}
   for _, n in ipairs(selected) do wanted[n] = true end
   local stack = {}
@@ -424,10 +458,59 @@ end
 
 local MAX_PASSES = 3
 
-local function copy_opts(opts, extra)
-  local o = util.copy(opts)
-  for k, v in pairs(extra) do o[k] = v end
+-- Options of pull_tables that are not pull_table_data's.
+local TABLES_ONLY = { order = true, dry_run = true, before_table = true, table_options = true }
+
+local function table_opts(opts, name, info)
+  local o = {}
+  for k, v in pairs(opts) do
+    if not TABLES_ONLY[k] then o[k] = v end
+  end
+  o.remap, o.row_count = true, info.row_count
+  if opts.table_options then
+    local extra, err = opts.table_options(name, info)
+    if not extra then return nil, err end
+    for k, v in pairs(extra) do o[k] = v end
+  end
   return o
+end
+
+--- Pull one table of pull_tables; returns the entry for out.tables.
+local function pull_one(self, conn, name, info, opts)
+  if not info then
+    return { error = "table_not_found", detail = { message = "the sender does not list " .. util.display(name) } }
+  end
+  if not util.valid_ident(name) then
+    return { error = "invalid_table_name", detail = { message = "not a table name the protocol carries" } }
+  end
+  local skip = opts.before_table and opts.before_table(name, info)
+  if skip then return skip end
+  local o, oerr = table_opts(opts, name, info)
+  if not o then return { error = "hook_failed", detail = { message = oerr } } end
+  local r, e, d = _M.pull_table_data(self, conn, name, o)
+  return r or { error = e, detail = d }
+end
+
+--- Passes over the tables until none has failed rows or a pass makes no progress.
+local function pull_passes(self, conn, out, info, opts)
+  local todo = out.order
+  for pass = 1, MAX_PASSES do
+    out.passes = pass
+    local again, progress = {}, false
+    for _, name in ipairs(todo) do
+      local previous = out.tables[name]
+      local r = pull_one(self, conn, name, info[name], opts)
+      if r.records_failed then
+        r.passes = pass
+        if previous and previous.records_imported then r.earlier = previous end
+        progress = progress or r.records_imported > 0 or r.records_updated > 0
+        if r.records_failed > 0 then again[#again + 1] = name end
+      end
+      out.tables[name] = r
+    end
+    if #again == 0 or not progress then break end
+    todo = again
+  end
 end
 
 --- Pull several tables, parents first, carrying keys across tables: a
@@ -437,7 +520,11 @@ end
 -- pulled again (up to 3 passes) while another pass still makes progress,
 -- which settles rows that referenced a table pulled later.
 -- @param tables_or_nil names to pull (nil: every table the sender lists)
--- @param opts as pull_table_data, applied to every table
+-- @param opts as pull_table_data, applied to every table, plus `dry_run`
+--   (everything inside one transaction that is rolled back), `order` (pull in
+--   this order instead of by dependencies), `before_table(name, info)` (return
+--   an entry to skip the table) and `table_options(name, info)` (extra options
+--   per table, or nil, err)
 -- @return `{order, cycles, passes, tables = {name -> result | {error=, detail=}}}`
 --   or nil, err, detail when the sender's table list cannot be read
 function _M.pull_tables(self, conn, tables_or_nil, opts)
@@ -455,39 +542,26 @@ function _M.pull_tables(self, conn, tables_or_nil, opts)
     for _, t in ipairs(list) do selected[#selected + 1] = t.name end
   end
   local out = { tables = {}, passes = 0 }
-  out.order, out.cycles = _M.order_tables(deps_of, selected)
+  out.order, out.cycles = order_tables(deps_of, selected)
+  if opts.order then out.order = setmetatable(util.copy(opts.order), core.array_mt) end
   local db
   db, err, detail = self:database()
   if not db then return nil, err, detail end
-  local ok, kerr = db:exec(plan.keymap_ddl() .. "; TRUNCATE " .. util.quote_ident(plan.KEYMAP))
-  if not ok then return nil, "database_error", { message = kerr } end
-  local todo = out.order
-  for pass = 1, MAX_PASSES do
-    out.passes = pass
-    local again, progress = {}, false
-    for _, name in ipairs(todo) do
-      local r, e, d
-      if not info[name] then
-        e, d = "table_not_found", { message = "the sender does not list " .. util.display(name) }
-      elseif not util.valid_ident(name) then
-        e, d = "invalid_table_name", { message = "not a table name the protocol carries" }
-      else
-        r, e, d = _M.pull_table_data(self, conn, name,
-          copy_opts(opts, { remap = true, row_count = info[name].row_count }))
-      end
-      local previous = out.tables[name]
-      if r then
-        r.passes = pass
-        if previous and previous.records_imported then r.earlier = previous end
-        progress = progress or r.records_imported > 0 or r.records_updated > 0
-        if r.records_failed > 0 then again[#again + 1] = name end
-      end
-      out.tables[name] = r or { error = e, detail = d }
-    end
-    if #again == 0 or not progress then break end
-    todo = again
+  if opts.dry_run then
+    local ok, berr = db:exec("BEGIN")
+    if not ok then return nil, "database_error", { message = berr } end
   end
+  local ok, kerr = db:exec(plan.keymap_ddl() .. "; TRUNCATE " .. util.quote_ident(plan.KEYMAP))
+  if not ok then
+    if opts.dry_run then db:exec("ROLLBACK") end
+    return nil, "database_error", { message = kerr }
+  end
+  pull_passes(self, conn, out, info, opts)
+  -- a dry run reports what would change and keeps nothing (transfers included)
+  if opts.dry_run then db:exec("ROLLBACK") end
   return out
 end
 
+
+_M._order_tables = order_tables
 return _M

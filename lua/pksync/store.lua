@@ -409,7 +409,7 @@ end
 
 local SETTING_DEFAULTS = { enabled = false, incoming_mode = "require_approval" }
 
---- The site's sync settings: `{enabled, incoming_mode, password_set}`.
+--- The site's sync settings: `{enabled, incoming_mode, password_set[, site_url]}`.
 function _M.get_settings(self)
   local db, err, detail = db_or_err(self)
   if not db then return nil, err, detail end
@@ -421,6 +421,7 @@ function _M.get_settings(self)
   for _, r in ipairs(rows) do
     local v = json_decode(r.value)
     if r.key == "incoming_password_hash" then out.password_set = type(v) == "string"
+    elseif r.key == "site_url" and type(v) == "string" then out.site_url = v
     elseif SETTING_DEFAULTS[r.key] ~= nil and type(v) == type(SETTING_DEFAULTS[r.key]) then out[r.key] = v end
   end
   return out
@@ -434,7 +435,8 @@ end
 
 --- Change settings: `enabled` (boolean), `incoming_mode` (auto_accept,
 -- require_approval, require_password, deny_all), `incoming_password`
--- (stored as a salted PBKDF2 hash; "" or pksync.null clears it).
+-- (stored as a salted PBKDF2 hash; "" or pksync.null clears it), `site_url`
+-- (this site's public URL, for tools that have no client option for it).
 -- @return the new settings or nil, err, detail
 function _M.set_settings(self, attrs)
   if type(attrs) ~= "table" then error("set_settings: table expected", 2) end
@@ -445,6 +447,8 @@ function _M.set_settings(self, attrs)
       if not _M.INCOMING_MODES[v] then error("set_settings: invalid incoming_mode", 2) end
     elseif k == "incoming_password" then
       if v ~= null and type(v) ~= "string" then error("set_settings: incoming_password must be a string", 2) end
+    elseif k == "site_url" then
+      if type(v) ~= "string" or not v:match("^https?://[^/]") then error("set_settings: site_url must be an http(s) URL", 2) end
     else
       error("set_settings: unknown setting " .. tostring(k), 2)
     end

@@ -1,0 +1,63 @@
+-- spec/sites.lua: two linked pksync sites for the runner, policy and CLI
+-- specs. A serves the sample shop (examples/sample_*.sql) from nginx; B has
+-- the same schema, empty, and a receiver connection to A.
+local helper = require "helper"
+local pksync = require "pksync"
+
+local _M = {}
+
+local function sample_sql(name)
+  return assert(helper.read_file(helper.repo .. "/examples/" .. name))
+end
+
+--- Start the pair. opts.a_policy: a policy file served by A's nginx.
+function _M.start(opts)
+  opts = opts or {}
+  local a, b = {}, {}
+  a.dbname, a.conninfo = helper.create_database("site_a")
+  b.dbname, b.conninfo = helper.create_database("site_b")
+  helper.psql(a.dbname, sample_sql("sample_schema.sql"))
+  helper.psql(a.dbname, sample_sql("sample_data.sql"))
+  helper.psql(b.dbname, sample_sql("sample_schema.sql"))
+  a.port = helper.free_port()
+  a.url = "http://127.0.0.1:" .. a.port
+  local site = pksync.new { db = a.conninfo, site_url = a.url }
+  assert(site:migrate())
+  assert(site:set_settings { enabled = true, incoming_mode = "auto_accept" })
+  local sender, raw = assert(site:create_connection { name = "A to B", direction = "sender",
+    site_url = "https://b.example", notify = false, rate_limit_requests_per_minute = 0 })
+  site:close()
+  local policy = opts.a_policy and (", policy_file = %q"):format(opts.a_policy) or ""
+  a.srv = helper.start_nginx { name = "site-a", port = a.port, server = ([[
+    location /phoenix_kit/sync/api/ {
+      content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q %s } }
+    }]]):format(a.conninfo, a.url, policy) }
+  a.client = pksync.new { db = a.conninfo, site_url = a.url }
+  a.sender = sender
+  b.client = pksync.new { db = b.conninfo, site_url = "https://b.example" }
+  assert(b.client:migrate())
+  b.conn = assert(b.client:create_connection { name = "From A", direction = "receiver", site_url = a.url,
+    auth_token = raw })
+  a.sql = function(q) return helper.psql(a.dbname, q) end
+  b.sql = function(q) return helper.psql(b.dbname, q) end
+  return a, b
+end
+
+function _M.stop(a, b)
+  if a.srv then a.srv.stop() end
+  a.client:close()
+  b.client:close()
+  helper.drop_database(a.dbname)
+  helper.drop_database(b.dbname)
+end
+
+_M.TABLES = { "customers", "products", "orders", "order_items", "reviews" }
+
+--- md5 over a table's rows in a fixed text form: equal on both sides when
+-- the data is.
+function _M.fingerprint(site, tbl)
+  return site.sql(("SET TimeZone = 'UTC'; SET extra_float_digits = 3; " ..
+    "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM %s t"):format(tbl))
+end
+
+return _M
