@@ -34,10 +34,10 @@ local function make_source(dbname, name, n)
   helper.psql(dbname, "VACUUM ANALYZE " .. name)
 end
 
-local function pull_process(conninfo, url, hash, tbl, strategy)
+local function pull_process(conninfo, url, hash, tbl, strategy, extra)
   helper.psql("postgres", "CHECKPOINT")
-  local cmd = ("LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/54/?.so;;' lua5.4 bench/pull_one.lua %s %s %s %s %s %d")
-    :format(helper.shell_quote(conninfo), url, hash, tbl, strategy, PAGE)
+  local cmd = ("LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/54/?.so;;' lua5.4 bench/pull_one.lua %s %s %s %s %s %d %s")
+    :format(helper.shell_quote(conninfo), url, hash, tbl, strategy, PAGE, extra or "")
   local out, ok = helper.run(cmd)
   assert(ok, out)
   return assert(pksync.json.decode(out:match("[^\n]*$") ~= "" and out:match("[^\n]*$") or out:match("([^\n]+)\n?$")))
@@ -88,8 +88,11 @@ local srv = helper.start_nginx { name = "bench", port = port, threads = 2, serve
     content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q } }
   }]]):format(src_ci, url) }
 local hash = pksync.token.hash(raw)
-helper.psql(dst_db, TABLE:format("items") .. "; " .. TABLE:format("items_small"))
+helper.psql(dst_db, TABLE:format("items") .. "; " .. TABLE:format("items_small") .. "; " .. TABLE:format("items_hook"))
+helper.psql(src_db, TABLE:format("items_hook"))
+helper.psql(src_db, ("INSERT INTO items_hook SELECT * FROM items WHERE id <= %d"):format(SMALL))
 local p_small = pull_process(dst_ci, url, hash, "items_small", "skip")
+local p_hook = pull_process(dst_ci, url, hash, "items_hook", "skip", "transform")
 local p_empty = pull_process(dst_ci, url, hash, "items", "skip")
 local p_over = pull_process(dst_ci, url, hash, "items", "overwrite")
 srv.stop()
@@ -111,6 +114,10 @@ say("| P: pksync pull into an empty table | %d | %.2f | %.0f | %.2f | %.1f |", p
   rate(p_empty), rate(p_empty) / l_rate, rate(p_empty) / a_rate)
 say("| P: pksync pull, overwrite a full table | %d | %.2f | %.0f | %.2f | %.1f |", p_over.rows, p_over.seconds,
   rate(p_over), rate(p_over) / l_rate, rate(p_over) / a_rate)
+say("| P: same, every row through a Lua transform hook | %d | %.2f | %.0f | %.2f | %.1f |", p_hook.rows,
+  p_hook.seconds, rate(p_hook), rate(p_hook) / l_rate, rate(p_hook) / a_rate)
+say("| (P without a hook, same %d rows) | %d | %.2f | %.0f | %.2f | %.1f |", SMALL, p_small.rows, p_small.seconds,
+  rate(p_small), rate(p_small) / l_rate, rate(p_small) / a_rate)
 say("")
 say("peak RSS of the importing process: %.1f MiB at %d rows, %.1f MiB at %d rows",
   p_small.peak_rss_kib / 1024, p_small.rows, p_empty.peak_rss_kib / 1024, p_empty.rows)

@@ -1,13 +1,16 @@
--- bench/pull_one.lua CONNINFO URL HASH TABLE STRATEGY PAGE_SIZE
+-- bench/pull_one.lua CONNINFO URL HASH TABLE STRATEGY PAGE_SIZE [transform]
 -- One pull in its own process, so its peak RSS is the importer's alone.
+-- With "transform", every row goes through an identity transform hook (the
+-- cost of a Lua policy hook per row).
 -- Prints one JSON line: the result plus peak_rss_kib (VmHWM).
 local pksync = require "pksync"
 
 local conninfo, url, hash, tbl, strategy, page_size = arg[1], arg[2], arg[3], arg[4], arg[5], arg[6]
+local transform = arg[7] == "transform" and function(row) return row end or nil
 local client = pksync.new { db = conninfo, site_url = "http://127.0.0.1:1", timeout = 600000, pull_timeout = 600000 }
 local t0 = require("pksync.core").monotonic_ms()
 local r, err, detail = client:pull_table_data({ site_url = url, auth_token_hash = hash }, tbl,
-  { conflict_strategy = strategy, page_size = tonumber(page_size), timeout = 600000 })
+  { conflict_strategy = strategy, page_size = tonumber(page_size), timeout = 600000, transform = transform })
 local elapsed = (require("pksync.core").monotonic_ms() - t0) / 1000
 client:close()
 local status = io.open("/proc/self/status"):read("a") or ""

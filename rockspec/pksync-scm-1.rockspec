@@ -40,6 +40,11 @@ build = {
     ["pksync"] = "lua/pksync/init.lua",
     ["pksync.answer"] = "lua/pksync/answer.lua",
     ["pksync.catalog"] = "lua/pksync/catalog.lua",
+    ["pksync.cli"] = "lua/pksync/cli.lua",
+    ["pksync.cli_commands"] = "lua/pksync/cli_commands.lua",
+    ["pksync.cli_output"] = "lua/pksync/cli_output.lua",
+    ["pksync.cli_pull"] = "lua/pksync/cli_pull.lua",
+    ["pksync.cli_serve"] = "lua/pksync/cli_serve.lua",
     ["pksync.limits"] = "lua/pksync/limits.lua",
     ["pksync.nginx"] = "lua/pksync/nginx.lua",
     ["pksync.notifier"] = "lua/pksync/notifier.lua",
@@ -54,4 +59,6 @@ build = {
     ["pksync.transport"] = "lua/pksync/transport.lua",
     ["pksync.util"] = "lua/pksync/util.lua",
   },
+  -- the command-line tool (a thin script: everything is in pksync.cli)
+  install = { bin = { pksync = "bin/pksync" } },
 }

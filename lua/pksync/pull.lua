@@ -387,7 +387,9 @@ function _M.pull_table_data(self, conn, table_name, opts)
   local ctx = { conn = conn, table = table_name, opts = opts, db = db, plan = p, strategy = prep.strategy,
                 started = now(), result = new_result(table_name, prep.strategy) }
   local features = peer_features(self, conn)
-  ctx.row_count = not features.paged_pull and remote_row_count(self, conn, table_name, opts) or nil
+  -- pksync senders page to the end by themselves; the count only feeds
+  -- progress there. Plain senders need it to tell a full table from a cut one.
+  ctx.row_count = (features.paged_pull and opts.row_count) or remote_row_count(self, conn, table_name, opts)
   ctx.transfer = open_transfer(self, db, conn, table_name, prep.strategy, opts)
   if ctx.transfer and ctx.transfer.cursor and opts.resume and features.paged_pull then
     ctx.cursor = ctx.transfer.cursor
@@ -491,6 +493,17 @@ local function pull_one(self, conn, name, info, opts)
   return r or { error = e, detail = d }
 end
 
+--- Count a retried table once: rows imported by earlier passes come back as
+-- skipped (skip, custom) or updated (overwrite, merge) in the later pass;
+-- report them as imported, as they were.
+local function fold_earlier(r, previous)
+  local earlier = previous.records_imported
+  r.records_imported = r.records_imported + earlier
+  local field = (r.strategy == "overwrite" or r.strategy == "merge") and "records_updated" or "records_skipped"
+  r[field] = math.max(0, r[field] - earlier)
+  r.earlier = previous
+end
+
 --- Passes over the tables until none has failed rows or a pass makes no progress.
 local function pull_passes(self, conn, out, info, opts)
   local todo = out.order
@@ -502,9 +515,10 @@ local function pull_passes(self, conn, out, info, opts)
       local r = pull_one(self, conn, name, info[name], opts)
       if r.records_failed then
         r.passes = pass
-        if previous and previous.records_imported then r.earlier = previous end
         progress = progress or r.records_imported > 0 or r.records_updated > 0
-        if r.records_failed > 0 then again[#again + 1] = name end
+        if previous and previous.records_imported then fold_earlier(r, previous) end
+        -- append adds every row again, so it is never retried
+        if r.records_failed > 0 and r.strategy ~= "append" then again[#again + 1] = name end
       end
       out.tables[name] = r
     end

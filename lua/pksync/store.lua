@@ -181,6 +181,7 @@ local function record_notification(self, conn, result)
   local note = {
     notified_at = util.iso_now(), notification_success = result.success,
     notification_status = result.status, notification_message = result.message,
+    notification_error = result.error or null,
     remote_connection_uuid = result.remote_connection_uuid or null,
     http_status = result.http_status or null,
   }
