@@ -80,3 +80,9 @@ BENCH_ROWS ?= 1000000
 bench: deps
 	@$(MAKE) --no-print-directory -j2 all
 	@scripts/testenv.sh lua5.4 bench/bench.lua $(BENCH_ROWS)
+
+# The main job: two sites on loopback, a connection, a sync under a policy,
+# and a proof that the data arrived; everything started is stopped again.
+demo: deps
+	@$(MAKE) --no-print-directory -j2 all
+	@scripts/testenv.sh lua5.4 scripts/demo.lua
