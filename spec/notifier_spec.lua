@@ -202,7 +202,7 @@ describe("pksync notifier", function()
       it("maps an unreachable peer to offline", function()
         local far = { site_url = "http://127.0.0.1:" .. helper.free_port(), auth_token_hash = HASH }
         assert.equals("offline", m.call(client, far))
-        assert.equals("offline", m.call(client, { site_url = "http://pksync-no-such-host.invalid", auth_token_hash = HASH }))
+        assert.equals("offline", m.call(client, { site_url = "https://pksync-no-such-host.invalid", auth_token_hash = HASH }))
       end)
 
       it("maps a response slower than the timeout to offline", function()
@@ -392,6 +392,31 @@ describe("pksync notifier", function()
       assert.is_nil(v)
       assert.equals("missing_connection_info", err)
     end)
+  end)
+
+  it("never sends a token or hash over plain http outside loopback (require_tls)", function()
+    local far = { direction = "sender", site_url = "http://sync.example.invalid", name = "x", auth_token_hash = HASH }
+    local v, err, detail = client:verify_connection(far)
+    assert.is_nil(v)
+    assert.equals("insecure_transport", err)
+    assert.matches("plain http", detail.message)
+    assert.equals("insecure_transport", select(2, client:fetch_sender_tables(far)))
+    assert.equals("insecure_transport", select(2, client:query_sender_status(far)))
+    local reg = client:notify_remote_site(far, "tok")
+    assert.equals("failed", reg.status)
+    assert.equals("insecure_transport", reg.error)
+    assert.equals("insecure_transport", select(2, client:pull_table_data(far, "items")))
+    -- GET status carries no credential; loopback and https are fine
+    assert.equals("offline", select(2, client:check_remote_status("http://sync.example.invalid")))
+    assert.equals("offline", client:verify_connection { site_url = "http://127.0.0.1:" .. helper.free_port(),
+      auth_token_hash = HASH })
+    assert.equals("offline", client:verify_connection { site_url = "http://localhost:" .. helper.free_port(),
+      auth_token_hash = HASH })
+    assert.equals("offline", client:verify_connection { site_url = "https://sync.example.invalid",
+      auth_token_hash = HASH })
+    local relaxed = pksync.new { site_url = "https://me.example", require_tls = false }
+    assert.equals("offline", relaxed:verify_connection(far))
+    relaxed:close()
   end)
 
   it("never logs raw tokens or full hashes", function()

@@ -166,6 +166,18 @@ static int exec_ok(page *pg, const char *sql) {
     return ok;
 }
 
+/* SQLSTATEs that say nothing about a row: a lock not granted in time, a
+ * cancelled statement, a lost connection, resources, deadlocks. Such an
+ * error stops the page instead of being pinned on rows by splitting. */
+static int not_a_row_error(const PGresult *res) {
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (!st) return 1;
+    static const char *const classes[] = {"08", "40", "53", "54", "55", "57", "58", "XX", NULL};
+    for (int i = 0; classes[i]; i++)
+        if (strncmp(st, classes[i], 2) == 0) return 1;
+    return 0;
+}
+
 static void note_row_error(page *pg, const char *msg) {
     pg->failed++;
     if (!pg->sample[0]) set_msg(pg->sample, msg);
@@ -230,7 +242,7 @@ static int copy_end(importer *imp, long *bad_line, char err[MSG_MAX]) {
             } else {
                 snprintf(err, MSG_MAX, "%s", line);
             }
-            outcome = PQstatus(pg->conn) == CONNECTION_OK ? 0 : -1;
+            outcome = PQstatus(pg->conn) == CONNECTION_OK && !not_a_row_error(res) ? 0 : -1;
             if (outcome < 0) fatal_from(pg, res, "COPY");
         }
         PQclear(res);
@@ -427,7 +439,7 @@ static int apply_range(importer *imp, int64_t lo, int64_t hi) {
         size_t used = strlen(err);
         snprintf(err + used, MSG_MAX - used, " (%.200s)", d);
     }
-    int lost = PQstatus(pg->conn) != CONNECTION_OK;
+    int lost = PQstatus(pg->conn) != CONNECTION_OK || not_a_row_error(res);
     if (lost) fatal_from(pg, res, "apply");
     PQclear(res);
     if (lost || !exec_ok(pg, "ROLLBACK TO SAVEPOINT pksync_apply") ||

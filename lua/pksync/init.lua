@@ -61,6 +61,8 @@ local DEFAULTS = {
   max_body = 256 * 1024 * 1024,
   insecure = false,
   schema = "public",
+  require_tls = true,
+  lock_timeout = 60000,
 }
 
 local OPTION_TYPES = {
@@ -68,6 +70,7 @@ local OPTION_TYPES = {
   pull_timeout = "number", ca_file = "string", insecure = "boolean", logger = "function",
   db = "string", max_body = "number", schema = "string", store_tables = "table",
   max_request_body = "number", policy = "table", extensions = "boolean",
+  require_tls = "boolean", lock_timeout = "number",
 }
 
 local function check_options(opts)
@@ -90,7 +93,11 @@ end
 -- @tparam table opts `site_url` (our public URL), `prefix` ("/phoenix_kit"),
 --   `timeout` (ms, 30000), `connect_timeout` (ms, 10000), `pull_timeout`
 --   (ms, 60000), `ca_file`, `insecure` (false), `logger(level, msg)`,
---   `db` (libpq conninfo of the local database), `max_body` (bytes).
+--   `db` (libpq conninfo of the local database), `max_body` (bytes),
+--   `require_tls` (true: never send a token or hash over plain http except
+--   to loopback), `lock_timeout` (ms an import waits for a table lock, 60000),
+--   `policy` (hooks), `schema` ("public"), `store_tables`, `extensions`,
+--   `max_request_body` (bytes, serving side).
 -- @return the client; raises on invalid options
 function _M.new(opts)
   opts = opts or {}

@@ -42,15 +42,21 @@ local function status_detail(res)
            error_code = type(res.json) == "table" and res.json.error_code or nil }
 end
 
---- Send `body` to `endpoint` of the connection's peer.
+--- Send `body` to `endpoint` of the connection's peer. Requests that
+-- carry a credential (every POST) respect `require_tls`.
 -- @return res or nil, err, detail
 local function call(self, conn, endpoint, body, opts, method)
   opts = opts or {}
   local prefix = conn.prefix
   if util.is_null(prefix) then prefix = self.prefix end
+  local url = transport.endpoint_url(conn.site_url, prefix, endpoint)
+  if (method or "POST") == "POST" then
+    local err, detail = transport.check_secure(self, url)
+    if err then return nil, err, detail end
+  end
   return transport.request(self:http(), {
     method = method or "POST",
-    url = transport.endpoint_url(conn.site_url, prefix, endpoint),
+    url = url,
     body = body,
     timeout = opts.timeout,
     connect_timeout = opts.connect_timeout,
@@ -140,6 +146,9 @@ function _M.notify_remote_site(self, conn, raw_token, opts)
   local body = { sender_url = our_url(self, "notify_remote_site"), connection_name = conn.name,
                  auth_token = raw_token, password = opts.password }
   local res, err, detail = call(self, conn, "register-connection", body, opts)
+  if not res and err == "insecure_transport" then
+    return register_result { success = false, status = "failed", message = detail.message, error = err }
+  end
   if not res then
     self:log("warn", "register-connection to %s failed: %s", util.base_url(conn.site_url), err)
     return register_result { success = false, status = "failed", message = "Failed to contact remote site",

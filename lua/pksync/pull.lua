@@ -194,7 +194,10 @@ local function run_page(self, ctx, name, body, page)
     timeout = ctx.opts.timeout or self.pull_timeout, connect_timeout = ctx.opts.connect_timeout,
     max_body = self.max_body, next_http = page.next_http, next_prefix = page.next_prefix,
     next_suffix = page.next_suffix })
-  if not res then return nil, err, detail end
+  if not res then
+    if err == "database_error" and detail and detail.sqlstate == "55P03" then err = "lock_timeout" end
+    return nil, err, detail
+  end
   if not res.committed then return page_failure(res) end
   if not res.saw_array then return page_failure(res) end
   add_page(ctx.result, res)
@@ -317,8 +320,15 @@ local function prepare(self, conn, table_name, opts)
   if type(conn.site_url) ~= "string" or type(conn.auth_token_hash) ~= "string" then
     return nil, "missing_connection_info", { message = "the connection lacks site_url or auth_token_hash" }
   end
-  local db, err, detail = self:database()
+  local err, detail = transport.check_secure(self, conn.site_url)
+  if err then return nil, err, detail end
+  local db
+  db, err, detail = self:database()
   if not db then return nil, err, detail end
+  -- an import waits this long for a lock on its table, then fails cleanly
+  local ok, lerr = db:query("SELECT set_config('lock_timeout', $1, false)",
+    tostring(math.floor(opts.lock_timeout or self.lock_timeout)) .. "ms")
+  if not ok then return nil, "database_error", { message = lerr } end
   -- the local side first: refuse before any request
   local facts
   facts, err, detail = plan.inspect(db, self.schema, table_name, strategy)

@@ -60,6 +60,24 @@ function _M.request(http, req)
   }, nil)
 end
 
+--- True when a URL's host is this machine (127.0.0.0/8, ::1, localhost).
+function _M.is_loopback(url)
+  local host = url:match("^%a+://%[([^%]]+)%]") or url:match("^%a+://([^/:?#]+)") or ""
+  host = host:lower()
+  return host == "localhost" or host == "::1" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
+end
+
+--- nil when credentials may go to `url`; else err, detail. With
+-- `require_tls` (the default) a token or hash is never sent over plain
+-- http, except to loopback addresses.
+function _M.check_secure(client, url)
+  if client.require_tls == false or url:sub(1, 8):lower() == "https://" or _M.is_loopback(url) then
+    return nil
+  end
+  return "insecure_transport", { message = "refusing to send credentials over plain http to " ..
+    util.base_url(url) .. " (use https, or require_tls = false)" }
+end
+
 --- A short, log-safe excerpt of a response body.
 function _M.excerpt(body)
   if type(body) ~= "string" then return nil end
