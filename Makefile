@@ -28,7 +28,7 @@ OBJSJIT = $(SRCS:src/%.c=build/objjit/%.o)
 CORE54  = build/54/pksync/core.so
 COREJIT = build/jit/pksync/core.so
 
-.PHONY: all deps test test-54 test-jit bench demo clean install
+.PHONY: all deps test test-54 test-jit bench demo clean install check-asan check-valgrind fuzz faults load
 
 all: $(CORE54) $(COREJIT)
 
@@ -58,10 +58,11 @@ $(COREJIT): $(OBJSJIT)
 deps:
 	@scripts/deps.sh
 
-# The suite runs once per runtime inside one throwaway PostgreSQL cluster.
+# The suite runs once per runtime inside one throwaway PostgreSQL cluster,
+# then the hardening subset that fits CI (scripts/test-all.sh).
 test: deps
 	@$(MAKE) --no-print-directory -j2 all
-	@scripts/testenv.sh scripts/run-specs.sh
+	@scripts/test-all.sh
 
 test-54 test-jit: all
 	@scripts/testenv.sh scripts/run-specs.sh $(@:test-%=%)
@@ -86,3 +87,30 @@ bench: deps
 demo: deps
 	@$(MAKE) --no-print-directory -j2 all
 	@scripts/testenv.sh lua5.4 scripts/demo.lua
+
+# ---- hardening (see README "Reliability and security") -----------------
+# The C core under AddressSanitizer + UndefinedBehaviorSanitizer, the whole
+# busted suite on Lua 5.4 against it.
+check-asan: deps
+	@scripts/check-asan.sh
+
+# The same under valgrind memcheck (slow; SPECS= narrows it).
+check-valgrind: deps
+	@$(MAKE) --no-print-directory -j2 all
+	@scripts/check-valgrind.sh $(SPECS)
+
+# libFuzzer targets (clang) for FUZZ_SECONDS each; fuzz/corpus holds the seeds.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# Fault injection and hostile input against real servers.
+faults: deps
+	@$(MAKE) --no-print-directory -j2 all
+	@scripts/testenv.sh scripts/run-specs.sh 54 -- spec/faults_spec.lua spec/security_spec.lua
+
+# N receivers pulling concurrently from one nginx sender.
+LOAD_RECEIVERS ?= 8
+load: deps
+	@$(MAKE) --no-print-directory -j2 all
+	@scripts/testenv.sh lua5.4 scripts/load.lua $(LOAD_RECEIVERS)

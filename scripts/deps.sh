@@ -9,6 +9,7 @@ packages=(
   libcurl4-openssl-dev libssl-dev libpq-dev postgresql postgresql-client
   lua-cjson lua-busted lua-socket luarocks
   nginx libnginx-mod-http-lua
+  clang libclang-rt-14-dev valgrind
   ${PKSYNC_EXTRA_PACKAGES:-}
 )
 
