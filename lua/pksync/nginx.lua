@@ -30,15 +30,10 @@ local ADAPTER_KEYS = { thread_pool = true, policy_file = true }
 ------------------------------------------------------------------------------
 -- worker-thread side (runs in a pool thread's own Lua VM)
 
-local clients = {}   -- config fingerprint -> client, per thread VM
-local log_lines      -- log lines of the current call, handed back to nginx
+local clients = {}   -- config fingerprint -> client, per thread VM (connections, not request state)
 
 local function fingerprint(config)
   return pksync.json.encode(config, { sort_keys = true })
-end
-
-local function thread_logger(level, msg)
-  if log_lines then log_lines[#log_lines + 1] = { level, msg } end
 end
 
 local function load_policy(path)
@@ -53,7 +48,7 @@ local function thread_client(config)
   local key = fingerprint(config)
   local client = clients[key]
   if client then return client end
-  local opts = { logger = thread_logger }
+  local opts = {}
   for k, v in pairs(config) do
     if not ADAPTER_KEYS[k] then opts[k] = v end
   end
@@ -63,24 +58,30 @@ local function thread_client(config)
   return client
 end
 
+--- The cached client with a logger that collects this call's lines (ngx.log
+-- is not available in pool threads; the lines go back to nginx).
+local function client_for_call(config)
+  local client = thread_client(config)
+  local logs = {}
+  client.logger = function(level, msg) logs[#logs + 1] = { level, msg } end
+  return client, logs
+end
+
 --- (pool thread) Answer one request; returns status, headers, body, logs.
 function _M.thread_handle(config, req)
-  log_lines = {}
-  local res = thread_client(config):handle(req)
-  local logs = log_lines
-  log_lines = nil
+  local client, logs = client_for_call(config)
+  local res = client:handle(req)
+  client.logger = nil
   return res.status, res.headers, res.body, logs
 end
 
 --- (pool thread) Run one client method; returns logs and its results.
 function _M.thread_call(config, method, ...)
-  log_lines = {}
-  local client = thread_client(config)
+  local client, logs = client_for_call(config)
   local fn = client[method]
   if type(fn) ~= "function" then error("pksync.nginx.call: no client method " .. tostring(method)) end
   local a, b, c, d = fn(client, ...)
-  local logs = log_lines
-  log_lines = nil
+  client.logger = nil
   return logs, a, b, c, d
 end
 
