@@ -26,6 +26,10 @@ cleanup() {
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
   done
   "${as_pg[@]}" "$pgbin/pg_ctl" -D "$root/pg/data" -m immediate stop >/dev/null 2>&1 || true
+  # extra clusters a spec started (helper.start_cluster) and did not stop
+  for data in "$root"/cluster*/data; do
+    [ -d "$data" ] && "${as_pg[@]}" "$pgbin/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1 || true
+  done
   if [ -n "${PKSYNC_KEEP_TESTENV:-}" ]; then echo "testenv: kept $root" >&2; else rm -rf "$root"; fi
   exit $rc
 }

@@ -218,4 +218,114 @@ function helper.start_peer(opts)
   return srv
 end
 
+------------------------------------------------------------------------------
+-- additions for the fault, security and load specs
+
+--- The ids of a process's children (from /proc, no procps needed).
+function helper.child_pids(pid)
+  local out = {}
+  for dir in helper.run("ls /proc"):gmatch("%d+") do
+    local stat = helper.read_file("/proc/" .. dir .. "/stat")
+    -- "pid (comm) state ppid ...": comm may hold spaces and parentheses
+    local ppid = stat and stat:match("^%d+ %(.*%) %S+ (%d+)")
+    if ppid == tostring(pid) then out[#out + 1] = dir end
+  end
+  return out
+end
+
+--- The master's and workers' ids of an nginx started by start_nginx.
+function helper.nginx_pids(srv)
+  local master = (helper.read_file(srv.prefix .. "/logs/nginx.pid") or ""):match("%d+")
+  if not master then return {} end
+  local pids = { master }
+  for _, pid in ipairs(helper.child_pids(master)) do pids[#pids + 1] = pid end
+  return pids
+end
+
+--- Kill an nginx started by start_nginx with SIGKILL, master and workers
+-- (by their ids), as a crash would. Its pid file is removed once they are
+-- gone, so no cleanup signals a process that reused the id.
+function helper.kill_nginx(srv)
+  local pids = helper.nginx_pids(srv)
+  if #pids == 0 then return false end
+  -- the master first, so it cannot start replacements for its workers
+  helper.run("kill -9 " .. table.concat(pids, " "))
+  local deadline = helper.now() + 5
+  while helper.now() < deadline do
+    local alive = false
+    for _, pid in ipairs(pids) do
+      local stat = helper.read_file("/proc/" .. pid .. "/stat")
+      if stat and stat:match("^%d+ %(.*%) (%S)") ~= "Z" then alive = true end
+    end
+    if not alive then
+      os.remove(srv.prefix .. "/logs/nginx.pid")
+      return true
+    end
+    socket.sleep(0.02)
+  end
+  return false
+end
+
+--- md5 over a table's rows in a fixed text form (equal when the data is).
+function helper.fingerprint(dbname, tbl, where)
+  return helper.psql(dbname, ("SET TimeZone = 'UTC'; SET extra_float_digits = 3; " ..
+    "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM %s t%s")
+    :format(tbl, where and (" WHERE " .. where) or ""))
+end
+
+--- Start a second throwaway PostgreSQL cluster (initdb + pg_ctl, as the
+-- `postgres` user when root), on a private socket directory and a free
+-- port. Returns {host, port, conninfo(db), psql(db, sql),
+-- create_database(prefix), restart(), stop()}.
+function helper.start_cluster(opts)
+  opts = opts or {}
+  local pgbin = helper.run("ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1"):gsub("%s+$", "")
+  assert(pgbin ~= "", "PostgreSQL server binaries not found")
+  local dir = helper.root .. "/" .. unique("cluster")
+  assert(os.execute("mkdir -p " .. shell_quote(dir .. "/sock")))
+  local as_pg = ""
+  if helper.run("id -u"):match("^0") then
+    assert(os.execute("chown -R postgres:postgres " .. shell_quote(dir)))
+    as_pg = "runuser -u postgres -- "
+  end
+  local port = helper.free_port()
+  local out, ok = helper.run(("%s%s/initdb -D %s -U postgres --auth=trust -E UTF8 --locale=C --no-sync"):format(
+    as_pg, pgbin, shell_quote(dir .. "/data")))
+  if not ok then error("initdb failed: " .. out) end
+  local ctl = ("%s%s/pg_ctl -D %s -l %s -w -t 60"):format(as_pg, pgbin, shell_quote(dir .. "/data"),
+    shell_quote(dir .. "/server.log"))
+  local options = ("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off " ..
+    "-c full_page_writes=off -c max_connections=50"):format(port, dir .. "/sock")
+  out, ok = helper.run(ctl .. " -o " .. shell_quote(options) .. " start")
+  if not ok then error("pg_ctl start failed: " .. out .. (helper.read_file(dir .. "/server.log") or "")) end
+  local c = { host = dir .. "/sock", port = port, dir = dir }
+  function c.conninfo(db)
+    return ("host=%s port=%d user=postgres dbname=%s"):format(c.host, port, db or "postgres")
+  end
+  function c.psql(db, sql)
+    local cmd = ("psql -X -q -At -v ON_ERROR_STOP=1 -h %s -p %d -U postgres -d %s -c %s"):format(
+      shell_quote(c.host), port, shell_quote(db), shell_quote(sql))
+    local o, good = helper.run(cmd)
+    if not good then error("psql failed: " .. o, 2) end
+    return (o:gsub("\n$", ""))
+  end
+  function c.create_database(prefix)
+    local name = unique(prefix or "db")
+    c.psql("postgres", "CREATE DATABASE " .. name)
+    return name, c.conninfo(name)
+  end
+  --- pg_ctl restart -m fast: every session is terminated; returns when the
+  -- server accepts connections again.
+  function c.restart()
+    local o, good = helper.run(ctl .. " -m fast restart -o " .. shell_quote(options))
+    if not good then error("pg_ctl restart failed: " .. o) end
+    return true
+  end
+  function c.stop()
+    helper.run(ctl .. " -m immediate stop")
+    helper.run("rm -rf " .. shell_quote(dir))
+  end
+  return c
+end
+
 return helper

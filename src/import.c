@@ -1076,6 +1076,8 @@ static int l_run_page(lua_State *L) {
     int ok = 0, valid = 0, committed = 0;
     if (pg->scan && page_begin(imp, &own_tx)) {
         ok = have ? replay(imp, &res) : pk_http_perform(http, &req, &res);
+        /* An empty body never reaches on_body: take the status from libcurl. */
+        if (ok && pg->status == 0 && res.status) pg->status = res.status;
         valid = ok && pg->status == 200 && !pg->fatal && !pg->scan_failed;
         if (valid && !(valid = pk_rowscan_finish(pg->scan)))
             set_msg(pg->scan_error, pk_rowscan_error(pg->scan));

@@ -315,10 +315,12 @@ end
 
 --- May rows go straight into the target with COPY? Only into an empty
 -- table, when no key juggling is needed.
+-- @return boolean, or nil, err, detail when the table cannot be read (e.g. locked)
 function _M.direct_ok(db, p)
   if p.strategy == "append" or p.strategy == "custom" or p.remap or p.identity_always then return false end
-  local rows = db:query(str_format("SELECT EXISTS (SELECT 1 FROM %s) AS has_rows", p.target))
-  return rows ~= nil and rows[1].has_rows == false
+  local rows, err, detail = db:query(str_format("SELECT EXISTS (SELECT 1 FROM %s) AS has_rows", p.target))
+  if not rows then return nil, err, detail end
+  return rows[1].has_rows == false
 end
 
 _M._kind_of = kind_of

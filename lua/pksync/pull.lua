@@ -128,7 +128,22 @@ local function new_result(table_name, strategy)
     pages = 0, bytes = 0, seconds = 0, unknown_columns = setmetatable({}, core.array_mt) }
 end
 
+--- Add names to a list of unknown columns, once each.
+local function add_unknown(list, names, known)
+  if type(names) ~= "table" then return end
+  for _, n in ipairs(names) do
+    local dup = known and known[n]
+    for _, m in ipairs(list) do
+      if dup then break end
+      dup = m == n
+    end
+    if not dup then list[#list + 1] = n end
+  end
+end
+
 local function add_page(result, res)
+  -- keys the rows carried that the schema did not declare are unknown too
+  add_unknown(result.unknown_columns, res.unknown_columns)
   result.pages = result.pages + 1
   result.records_transferred = result.records_transferred + res.rows
   result.records_imported = result.records_imported + res.imported
@@ -322,6 +337,12 @@ local function prepare(self, conn, table_name, opts)
   end
   local err, detail = transport.check_secure(self, conn.site_url)
   if err then return nil, err, detail end
+  -- a sender must never write into our connections, transfers or settings
+  for _, t in pairs(self.store_tables) do
+    if t == table_name then
+      return nil, "reserved_table", { message = table_name .. " is one of pksync's own store tables" }
+    end
+  end
   local db
   db, err, detail = self:database()
   if not db then return nil, err, detail end
@@ -339,13 +360,18 @@ local function prepare(self, conn, table_name, opts)
   local p
   p, err, detail = plan.build(db, facts, remote, { remap = opts.remap })
   if not p then return nil, err, detail end
-  return { db = db, plan = p, strategy = strategy }
+  local local_names = {}
+  for _, c in ipairs(facts.columns) do local_names[c.name] = true end
+  return { db = db, plan = p, strategy = strategy, local_names = local_names }
 end
 
 local function finish(self, ctx, ok, err, detail)
   local r = ctx.result
   r.seconds = (now() - ctx.started) / 1000
-  r.unknown_columns = ctx.plan.unknown
+  local unknown = setmetatable({}, core.array_mt)
+  add_unknown(unknown, ctx.plan.unknown)
+  add_unknown(unknown, r.unknown_columns, ctx.local_names)
+  r.unknown_columns = unknown
   if ctx.importer then ctx.importer:close() end
   if ctx.opts.atomic then
     local commit = ok and r.records_failed == 0
@@ -395,11 +421,15 @@ function _M.pull_table_data(self, conn, table_name, opts)
   if not prep then return nil, err, detail end
   local db, p = prep.db, prep.plan
   local ctx = { conn = conn, table = table_name, opts = opts, db = db, plan = p, strategy = prep.strategy,
-                started = now(), result = new_result(table_name, prep.strategy) }
+                started = now(), result = new_result(table_name, prep.strategy), local_names = prep.local_names }
   local features = peer_features(self, conn)
   -- pksync senders page to the end by themselves; the count only feeds
   -- progress there. Plain senders need it to tell a full table from a cut one.
-  ctx.row_count = (features.paged_pull and opts.row_count) or remote_row_count(self, conn, table_name, opts)
+  if features.paged_pull then
+    ctx.row_count = opts.row_count
+  else
+    ctx.row_count = remote_row_count(self, conn, table_name, opts)
+  end
   ctx.transfer = open_transfer(self, db, conn, table_name, prep.strategy, opts)
   if ctx.transfer and ctx.transfer.cursor and opts.resume and features.paged_pull then
     ctx.cursor = ctx.transfer.cursor
@@ -409,11 +439,25 @@ function _M.pull_table_data(self, conn, table_name, opts)
     local ok, e = db:exec("BEGIN")
     if not ok then return nil, "database_error", { message = e } end
   end
-  local direct = features.paged_pull and not ctx.cursor and opts.direct ~= false and plan.direct_ok(db, p)
+  local direct = false
+  if features.paged_pull and not ctx.cursor and opts.direct ~= false then
+    local derr, ddetail
+    direct, derr, ddetail = plan.direct_ok(db, p)
+    if direct == nil then
+      local state = ddetail and ddetail.sqlstate
+      return finish(self, ctx, nil, state == "55P03" and "lock_timeout" or "database_error",
+        { message = derr, sqlstate = state })
+    end
+  end
   if not direct then
     local create, drop = plan.stage(p, stage_suffix())
-    local ok, e = db:exec(create)
-    if not ok then return finish(self, ctx, nil, "database_error", { message = e }) end
+    local ok, e, d = db:exec(create)
+    if not ok then
+      -- the staging table copies the target's columns: a lock on the target stops it here
+      local state = type(d) == "table" and d.sqlstate or nil
+      return finish(self, ctx, nil, state == "55P03" and "lock_timeout" or "database_error",
+        { message = e, sqlstate = state })
+    end
     ctx.drop_stage = drop
   end
   -- COPY straight into the target needs no apply step: a batch is a page

@@ -73,7 +73,10 @@ local function redacted(self, conn, name)
   if cols == nil and err then return nil end
   local set = {}
   if type(cols) == "table" then
-    for _, c in ipairs(cols) do set[c] = true end
+    for _, c in ipairs(cols) do
+      -- only what can be a column name: the C side reads names up to a NUL
+      if type(c) == "string" and not c:find("\0", 1, true) then set[c] = true end
+    end
   end
   return set
 end

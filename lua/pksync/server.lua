@@ -232,6 +232,11 @@ end
 function _M.handle(self, req)
   check_request(req)
   local ok, res = pcall(dispatch, self, req)
+  -- the database connection died under this request (PostgreSQL restarted
+  -- since the last one): answer once more on a fresh connection
+  if (not ok or res.status == 500) and self._db and not self._db:is_open() then
+    ok, res = pcall(dispatch, self, req)
+  end
   if ok then return res end
   self:log("error", "handler for %s failed: %s", util.display(req.path), tostring(res))
   return fail(500, "Internal server error")

@@ -498,6 +498,12 @@ local TRANSFER_FIELDS = {
   completed_at = "timestamptz",
 }
 
+--- A transfer row with its metadata decoded.
+local function to_transfer(row)
+  if row and type(row.metadata) == "string" then row.metadata = json_decode(row.metadata) or {} end
+  return row
+end
+
 --- Columns, SQL expressions and parameters for transfer fields; the
 -- first parameter is $first. A timestamp given as "now" is the server's now().
 local function transfer_params(attrs, first)
@@ -529,7 +535,7 @@ function _M.create_transfer(self, attrs)
   rows, err, detail = db:query(str_format("INSERT INTO %s (%s) VALUES (%s) RETURNING *", tname(self, "transfers"),
     tbl_concat(cols, ", "), tbl_concat(exprs, ", ")), unpack(params))
   if not rows then return nil, "store_failed", { message = err, sqlstate = detail and detail.sqlstate } end
-  return rows[1]
+  return to_transfer(rows[1])
 end
 
 --- Update a transfer's fields.
@@ -543,7 +549,7 @@ function _M.update_transfer(self, uuid, attrs)
   rows, err, detail = db:query(str_format("UPDATE %s SET %s WHERE uuid = $1::uuid RETURNING *",
     tname(self, "transfers"), tbl_concat(sets, ", ")), uuid, unpack(params))
   if not rows then return nil, "store_failed", { message = err, sqlstate = detail and detail.sqlstate } end
-  return rows[1]
+  return to_transfer(rows[1])
 end
 
 --- Transfers, newest first: filter `{connection_uuid=, table_name=, direction=, status=, limit=}`.
@@ -565,6 +571,7 @@ function _M.list_transfers(self, filter)
     unpack(params))
   if not rows then return nil, "store_failed", { message = err } end
   rows.affected = nil
+  for i, r in ipairs(rows) do rows[i] = to_transfer(r) end
   return setmetatable(rows, core.array_mt)
 end
 
