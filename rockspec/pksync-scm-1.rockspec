@@ -29,7 +29,7 @@ build = {
   modules = {
     ["pksync.core"] = {
       sources = {
-        "src/base64.c", "src/buf.c", "src/core.c", "src/export.c", "src/http.c", "src/import.c", "src/json.c",
+        "src/base64.c", "src/buf.c", "src/core.c", "src/export.c", "src/http.c", "src/import.c", "src/json.c", "src/luax.c",
         "src/pg.c", "src/pgarray.c", "src/rows.c", "src/token.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L" },

@@ -13,10 +13,13 @@ export PKSYNC_RESULTS=$results
 
 scripts/testenv.sh scripts/run-specs.sh 54 jit
 if [ "${PKSYNC_HARDENING:-1}" != 0 ] && [ -x scripts/check-asan.sh ]; then
-  scripts/check-asan.sh
-  scripts/check-valgrind.sh spec/json_spec.lua spec/rows_spec.lua spec/token_spec.lua spec/pg_spec.lua \
-    spec/export_spec.lua
-  scripts/fuzz.sh "${FUZZ_SMOKE_SECONDS:-10}"
+  # Each stage adds its own lines to PKSYNC_RESULTS (a failure too); the
+  # wall time of each is printed for the CI budget.
+  timed() { local t0=$SECONDS; "$@"; echo "== ${1##*/}: $((SECONDS - t0)) s"; }
+  timed scripts/check-asan.sh
+  timed scripts/check-valgrind.sh spec/json_spec.lua spec/rows_spec.lua spec/token_spec.lua \
+    spec/pg_spec.lua spec/export_spec.lua spec/import_spec.lua
+  timed scripts/fuzz.sh "${FUZZ_SMOKE_SECONDS:-10}"
 fi
 echo
 echo "== summary =="

@@ -8,6 +8,7 @@
 #include "http.h"
 #include "import.h"
 #include "json.h"
+#include "luax.h"
 #include "pg.h"
 #include "rows.h"
 #include "token.h"
@@ -43,6 +44,7 @@ static const luaL_Reg clock_funcs[] = {
 int luaopen_pksync_core(lua_State *L) {
     lua_newtable(L);
     luaL_setfuncs(L, clock_funcs, 0);
+    pk_open_luax(L);
     pk_open_token(L);
     pk_open_base64(L);
     pk_open_json(L);

@@ -39,6 +39,7 @@
 #include "base64.h"
 #include "buf.h"
 #include "compat.h"
+#include "luax.h"
 #include "json.h"
 #include "pg.h"
 #include "pgarray.h"
@@ -1013,11 +1014,12 @@ static const luaL_Reg export_funcs[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg state_meta[] = {
+    {"__gc", l_state_gc},
+    {NULL, NULL},
+};
+
 void pk_open_export(lua_State *L) {
-    if (luaL_newmetatable(L, STATE_MT)) {
-        lua_pushcfunction(L, l_state_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
+    pk_new_type(L, STATE_MT, state_meta, NULL);
     luaL_setfuncs(L, export_funcs, 0);
 }

@@ -44,6 +44,7 @@
 
 #include "buf.h"
 #include "compat.h"
+#include "luax.h"
 
 #define PK_HTTP_MT "pksync.http"
 #define PK_HTTP_DEFAULT_UA "PhoenixKit-Sync/1.0 pksync/0.1"
@@ -66,6 +67,8 @@ struct pk_http {
     size_t max_body;           /* decoded body bytes, > 0 */
     int    insecure;           /* TLS verification off */
     int    busy;               /* inside pk_http_perform (re-entry guard) */
+    void (*reclaim)(void *);   /* lent to a thread: waits for it (pk_http_lend) */
+    void  *reclaim_ctx;
     pk_buf headers;            /* last response: "name\0value\0" pairs */
     pk_buf body;               /* the Lua request method's body sink */
     char   errbuf[CURL_ERROR_SIZE];
@@ -445,6 +448,11 @@ const char *pk_http_response_header(const pk_http *h, const char *lname) {
 /* Idempotent: the closed state is curl == NULL, and every pointer is
  * nulled before it is freed. Safe on a half-constructed handle. */
 static void http_release(pk_http *h) {
+    if (h->reclaim) {   /* a borrowing thread may be inside curl_easy_perform */
+        void (*reclaim)(void *) = h->reclaim;
+        h->reclaim = NULL;
+        reclaim(h->reclaim_ctx);
+    }
     CURL *c = h->curl;
     h->curl = NULL;
     if (c) curl_easy_cleanup(c);
@@ -456,6 +464,11 @@ static void http_release(pk_http *h) {
     free(s);
     pk_buf_free(&h->headers);
     pk_buf_free(&h->body);
+}
+
+void pk_http_lend(pk_http *h, void (*reclaim)(void *ctx), void *ctx) {
+    h->reclaim = reclaim;
+    h->reclaim_ctx = ctx;
 }
 
 pk_http *pk_http_check(lua_State *L, int idx) {
@@ -770,11 +783,6 @@ static const luaL_Reg http_meta[] = {
 };
 
 void pk_open_http(lua_State *L) {
-    if (luaL_newmetatable(L, PK_HTTP_MT)) {
-        luaL_setfuncs(L, http_meta, 0);
-        luaL_newlib(L, http_methods);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
+    pk_new_type(L, PK_HTTP_MT, http_meta, http_methods);
     luaL_setfuncs(L, http_funcs, 0);
 }

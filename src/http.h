@@ -59,6 +59,14 @@ pk_http *pk_http_check(lua_State *L, int idx);
  * 0 on a transport failure (res->err says which). Never calls Lua. */
 int pk_http_perform(pk_http *h, const pk_http_request *req, pk_http_result *res);
 
+/* Lend the handle to a thread of another part of the core: until the lender
+ * calls pk_http_lend(h, NULL, NULL) again (after joining its thread),
+ * closing the handle (close, __gc, __close) first calls reclaim(ctx), which
+ * must wait for that thread. Both run in the Lua thread. Without this, a
+ * handle finalized before its borrower (lua_close finalizes the newest
+ * objects first) is cleaned up under a running transfer. */
+void pk_http_lend(pk_http *h, void (*reclaim)(void *ctx), void *ctx);
+
 /* Value of a header of the last response (name in lowercase), or NULL.
  * Valid until the next pk_http_perform on the handle. Never calls Lua. */
 const char *pk_http_response_header(const pk_http *h, const char *lname);

@@ -37,6 +37,7 @@
 
 #include "buf.h"
 #include "compat.h"
+#include "luax.h"
 #include "http.h"
 #include "json.h"
 #include "pg.h"
@@ -568,6 +569,8 @@ static void *prefetch_run(void *arg) {
     return NULL;
 }
 
+static void prefetch_wait(void *ctx);
+
 /* Start fetching the page after this one as soon as its cursor is known. */
 static void maybe_prefetch(importer *imp) {
     prefetch *pf = &imp->pf;
@@ -591,19 +594,31 @@ static void maybe_prefetch(importer *imp) {
     pf->max_body = imp->next.max_body;
     pf->status = 0;
     pf->ok = 0;
-    if (pthread_create(&pf->thread, NULL, prefetch_run, pf) == 0) pf->active = 1;
+    if (pthread_create(&pf->thread, NULL, prefetch_run, pf) == 0) {
+        pf->active = 1;
+        pk_http_lend(pf->http, prefetch_wait, pf);
+    }
+}
+
+/* Wait for a running prefetch thread. Also the handle's reclaim callback
+ * (see pk_http_lend): closing the handle waits here, in the Lua thread. */
+static void prefetch_wait(void *ctx) {
+    prefetch *pf = (prefetch *)ctx;
+    if (!pf->active) return;
+    pthread_join(pf->thread, NULL);
+    pf->active = 0;
+    pk_http_lend(pf->http, NULL, NULL);
 }
 
 /* Wait for a running prefetch and release its handle reference.
- * Returns 1 when one was joined. */
+ * Returns 1 when one was joined here. */
 static int prefetch_join(importer *imp, lua_State *L) {
     prefetch *pf = &imp->pf;
-    if (!pf->active) return 0;
-    pthread_join(pf->thread, NULL);
-    pf->active = 0;
+    int joined = pf->active;
+    prefetch_wait(pf);
     luaL_unref(L, LUA_REGISTRYINDEX, pf->http_ref);
     pf->http_ref = LUA_NOREF;
-    return 1;
+    return joined;
 }
 
 static void prefetch_free(prefetch *pf) {
@@ -1122,11 +1137,6 @@ static const luaL_Reg import_funcs[] = {
 };
 
 void pk_open_import(lua_State *L) {
-    if (luaL_newmetatable(L, PK_IMPORTER_MT)) {
-        luaL_setfuncs(L, importer_meta, 0);
-        luaL_newlib(L, importer_methods);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
+    pk_new_type(L, PK_IMPORTER_MT, importer_meta, importer_methods);
     luaL_setfuncs(L, import_funcs, 0);
 }

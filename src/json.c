@@ -30,8 +30,8 @@
 #include <string.h>
 
 #include "compat.h"
+#include "luax.h"
 
-#define BUF_MT "pksync.jsonbuf"
 
 /* ---- UTF-8 ------------------------------------------------------------ */
 
@@ -576,17 +576,6 @@ int pk_json_quote(pk_buf *out, const char *s, size_t n) {
 
 /* A pk_buf owned by a userdata, so a Lua error raised while it is live
  * cannot leak it; callers still free it as soon as they are done. */
-static pk_buf *new_buf(lua_State *L) {
-    pk_buf *b = lua_newuserdata(L, sizeof *b);
-    pk_buf_init(b);
-    luaL_setmetatable(L, BUF_MT);
-    return b;
-}
-
-static int l_buf_gc(lua_State *L) {
-    pk_buf_free(luaL_checkudata(L, 1, BUF_MT));
-    return 0;
-}
 
 typedef struct {
     size_t len;
@@ -843,7 +832,7 @@ int pk_json_lua_decode(lua_State *L) {
     lua_settop(L, 2);
     luaL_getmetatable(L, PK_JSON_ARRAY_MT);
     d.array_mt = lua_gettop(L);
-    d.scratch = new_buf(L);
+    d.scratch = pk_luabuf_push(L);
     int ok = decode_value(&d, &p, 0);
     if (ok && (p = pk_json_ws(p, d.x.end)) < d.x.end)
         ok = lex_fail(&d.x, &p, p, "unexpected character after the JSON value");
@@ -1071,7 +1060,7 @@ int pk_json_lua_encode(lua_State *L) {
     lua_settop(L, 2);
     luaL_getmetatable(L, PK_JSON_ARRAY_MT);
     e.array_mt = lua_gettop(L);
-    e.out = new_buf(L);
+    e.out = pk_luabuf_push(L);
     if (!encode_value(&e, 1, 0)) {
         pk_buf_free(e.out);
         lua_pushnil(L);
@@ -1107,26 +1096,11 @@ static const luaL_Reg decimal_meta[] = {
     {NULL, NULL},
 };
 
-static const luaL_Reg buf_meta[] = {
-    {"__gc", l_buf_gc},
-    {NULL, NULL},
-};
-
-/* Create (or reuse) a registry metatable; __name is set by hand because
- * LuaJIT's luaL_newmetatable does not. Leaves it on the stack. */
-static void new_metatable(lua_State *L, const char *name, const luaL_Reg *meta) {
-    luaL_newmetatable(L, name);
-    lua_pushstring(L, name);
-    lua_setfield(L, -2, "__name");
-    if (meta) luaL_setfuncs(L, meta, 0);
-}
-
 void pk_open_json(lua_State *L) {
     luaL_setfuncs(L, json_funcs, 0);
-    new_metatable(L, BUF_MT, buf_meta);
-    new_metatable(L, PK_JSON_DECIMAL_MT, decimal_meta);
-    lua_pop(L, 2);
-    new_metatable(L, PK_JSON_ARRAY_MT, NULL);
+    pk_new_type(L, PK_JSON_DECIMAL_MT, decimal_meta, NULL);
+    pk_new_type(L, PK_JSON_ARRAY_MT, NULL, NULL);
+    luaL_getmetatable(L, PK_JSON_ARRAY_MT);
     lua_setfield(L, -2, "array_mt");
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");

@@ -21,6 +21,7 @@
 #include "buf.h"
 #include "compat.h"
 #include "json.h"
+#include "luax.h"
 #include "pgarray.h"
 
 typedef struct pk_pg {
@@ -178,10 +179,10 @@ static int array_element(void *ctx, const char *text, size_t len) {
 static const pk_pgarray_cb array_to_lua = {array_open, array_close, array_element};
 
 /* Push a text array as a Lua array; its text if it does not parse. The
- * scratch buffer lives in a boxed userdata so a raise cannot leak it. */
+ * scratch buffer is owned by a userdata (with __gc), so a raise while the
+ * array is built cannot leak it. */
 static void push_text_array(lua_State *L, const char *s, size_t n) {
-    pk_buf *scratch = (pk_buf *)lua_newuserdata(L, sizeof *scratch);
-    pk_buf_init(scratch);
+    pk_buf *scratch = pk_luabuf_push(L);
     int top = lua_gettop(L);
     array_ctx a = {L, 0};
     int ok = pk_pgarray_parse(s, n, ',', scratch, &array_to_lua, &a);
@@ -461,22 +462,18 @@ static const luaL_Reg pg_meta[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg result_meta[] = {
+    {"__gc", l_result_gc},
+    {NULL, NULL},
+};
+
 static const luaL_Reg pg_funcs[] = {
     {"pg_connect", l_connect},
     {NULL, NULL},
 };
 
 void pk_open_pg(lua_State *L) {
-    if (luaL_newmetatable(L, PK_PG_MT)) {
-        luaL_setfuncs(L, pg_meta, 0);
-        luaL_newlib(L, pg_methods);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, PK_PGRES_MT)) {
-        lua_pushcfunction(L, l_result_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
+    pk_new_type(L, PK_PG_MT, pg_meta, pg_methods);
+    pk_new_type(L, PK_PGRES_MT, result_meta, NULL);
     luaL_setfuncs(L, pg_funcs, 0);
 }

@@ -46,6 +46,7 @@
 
 #include "base64.h"
 #include "compat.h"
+#include "luax.h"
 #include "json.h"
 #include "pgarray.h"
 
@@ -704,7 +705,7 @@ static int assemble(pk_rowplan *p, pk_buf *line) {
         if (p->off[i] == ABSENT) {
             *w++ = '\\';
             *w++ = 'N';
-        } else {
+        } else if (p->len[i]) {   /* vals.data is NULL while all values are empty */
             memcpy(w, p->vals.data + p->off[i], p->len[i]);
             w += p->len[i];
         }
@@ -1411,11 +1412,12 @@ static const luaL_Reg rows_funcs[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg rows_meta[] = {
+    {"__gc", l_rows_gc},
+    {NULL, NULL},
+};
+
 void pk_open_rows(lua_State *L) {
-    if (luaL_newmetatable(L, ROWS_MT)) {
-        lua_pushcfunction(L, l_rows_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
+    pk_new_type(L, ROWS_MT, rows_meta, NULL);
     luaL_setfuncs(L, rows_funcs, 0);
 }
