@@ -2,6 +2,7 @@
 -- in the same run on the same data (see bench/README.md). Run through
 -- `make bench`, which provides the throwaway PostgreSQL cluster.
 package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
+package.cpath = "build/54/?.so;" .. package.cpath
 local helper = require "helper"
 local pksync = require "pksync"
 local core = require "pksync.core"

@@ -7,6 +7,7 @@
 -- SQL that B now holds exactly A's data. Run through scripts/testenv.sh,
 -- which provides the throwaway PostgreSQL cluster and removes everything.
 package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
+package.cpath = "build/54/?.so;" .. package.cpath
 local helper = require "helper"
 local pksync = require "pksync"
 
