@@ -426,7 +426,6 @@ function _M.fetch_pull_page(self, conn, table_name, opts)
 end
 
 -- Shared with the importer (pull.lua): one mapping for data answers.
-_M._data_call = data_call
 _M._data_failure = data_failure
 
 return _M

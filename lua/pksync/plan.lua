@@ -323,5 +323,4 @@ function _M.direct_ok(db, p)
   return rows[1].has_rows == false
 end
 
-_M._kind_of = kind_of
 return _M

@@ -95,6 +95,25 @@ local function sorted_keys(t)
   return keys
 end
 
+-- Filterable columns of the list functions, with their SQL types.
+local CONNECTION_FILTERS = { { "direction", "text" }, { "status", "text" }, { "site_url", "text" } }
+local TRANSFER_FILTERS = { { "connection_uuid", "uuid" }, { "table_name", "text" }, { "direction", "text" },
+                           { "status", "text" } }
+
+--- " WHERE a = $1::t AND ..." for the filter's present keys (or ""), and
+-- the parameters; column names come from the fixed list, values are bound.
+local function where_clause(filter, columns)
+  local where, params = {}, {}
+  for _, c in ipairs(columns) do
+    local v = filter[c[1]]
+    if v ~= nil then
+      params[#params + 1] = v
+      where[#where + 1] = str_format("%s = $%d::%s", c[1], #params, c[2])
+    end
+  end
+  return #where > 0 and (" WHERE " .. tbl_concat(where, " AND ")) or "", params
+end
+
 local function column_of(field)
   return field == "download_password" and "download_password_hash" or field
 end
@@ -237,15 +256,8 @@ function _M.list_connections(self, filter)
   filter = filter or {}
   local db, err, detail = db_or_err(self)
   if not db then return nil, err, detail end
-  local where, params = {}, {}
-  for _, k in ipairs { "direction", "status", "site_url" } do
-    if filter[k] ~= nil then
-      params[#params + 1] = filter[k]
-      where[#where + 1] = str_format("%s = $%d", k, #params)
-    end
-  end
-  local sql = str_format("SELECT * FROM %s%s ORDER BY inserted_at DESC, uuid", tname(self, "connections"),
-    #where > 0 and (" WHERE " .. tbl_concat(where, " AND ")) or "")
+  local where, params = where_clause(filter, CONNECTION_FILTERS)
+  local sql = str_format("SELECT * FROM %s%s ORDER BY inserted_at DESC, uuid", tname(self, "connections"), where)
   local rows
   rows, err, detail = db:query(sql, unpack(params))
   if not rows then return nil, "store_failed", { message = err } end
@@ -557,17 +569,11 @@ function _M.list_transfers(self, filter)
   filter = filter or {}
   local db, err, detail = db_or_err(self)
   if not db then return nil, err, detail end
-  local where, params = {}, {}
-  for _, k in ipairs { "connection_uuid", "table_name", "direction", "status" } do
-    if filter[k] ~= nil then
-      params[#params + 1] = filter[k]
-      where[#where + 1] = str_format("%s = $%d::%s", k, #params, TRANSFER_FIELDS[k])
-    end
-  end
+  local where, params = where_clause(filter, TRANSFER_FILTERS)
   params[#params + 1] = filter.limit or 100
   local rows
   rows, err = db:query(str_format("SELECT * FROM %s%s ORDER BY inserted_at DESC LIMIT $%d::int",
-    tname(self, "transfers"), #where > 0 and (" WHERE " .. tbl_concat(where, " AND ")) or "", #params),
+    tname(self, "transfers"), where, #params),
     unpack(params))
   if not rows then return nil, "store_failed", { message = err } end
   rows.affected = nil
