@@ -63,13 +63,18 @@ function helper.conninfo(dbname)
   return ("host=%s port=%s user=postgres dbname=%s"):format(helper.pghost, helper.pgport, dbname)
 end
 
+--- Run SQL through psql against any cluster; the unaligned output.
+local function psql_at(host, port, dbname, sql)
+  local cmd = ("psql -X -q -At -v ON_ERROR_STOP=1 -h %s -p %s -U postgres -d %s -c %s"):format(
+    shell_quote(host), port, shell_quote(dbname), shell_quote(sql))
+  local out, ok = helper.run(cmd)
+  if not ok then error("psql failed: " .. out, 3) end
+  return (out:gsub("\n$", ""))
+end
+
 --- Run SQL through psql; returns the unaligned output (raises on error).
 function helper.psql(dbname, sql)
-  local cmd = ("psql -X -q -At -v ON_ERROR_STOP=1 -h %s -p %s -U postgres -d %s -c %s"):format(
-    shell_quote(helper.pghost), helper.pgport, shell_quote(dbname), shell_quote(sql))
-  local out, ok = helper.run(cmd)
-  if not ok then error("psql failed: " .. out, 2) end
-  return (out:gsub("\n$", ""))
+  return psql_at(helper.pghost, helper.pgport, dbname, sql)
 end
 
 --- Create a fresh database; returns its name and conninfo.
@@ -303,11 +308,7 @@ function helper.start_cluster(opts)
     return ("host=%s port=%d user=postgres dbname=%s"):format(c.host, port, db or "postgres")
   end
   function c.psql(db, sql)
-    local cmd = ("psql -X -q -At -v ON_ERROR_STOP=1 -h %s -p %d -U postgres -d %s -c %s"):format(
-      shell_quote(c.host), port, shell_quote(db), shell_quote(sql))
-    local o, good = helper.run(cmd)
-    if not good then error("psql failed: " .. o, 2) end
-    return (o:gsub("\n$", ""))
+    return psql_at(c.host, port, db, sql)
   end
   function c.create_database(prefix)
     local name = unique(prefix or "db")
