@@ -133,4 +133,59 @@ function _M.table_stats(db, schema, name)
   end)
 end
 
+local COLUMN_TYPES = [[
+SELECT a.attname AS name, a.attnotnull AS not_null, a.attgenerated <> '' AS generated,
+       a.attidentity = 'a' AS identity_always, format_type(a.atttypid, a.atttypmod) AS sql_type,
+       bt.typname AS typname, bt.typtype AS typtype, bt.typcategory AS category,
+       et.typname AS elem_typname, et.typtype AS elem_typtype, et.typdelim AS elem_delim
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
+WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum]]
+
+--- Columns with their types resolved (domains to their base type, arrays
+-- to their element type), in attribute order: what an import needs.
+-- @return rows `{name, not_null, generated, identity_always, sql_type,
+--   typname, typtype, category, elem_typname, elem_typtype, elem_delim}`
+function _M.column_types(db, schema, name)
+  local rows, err, detail = db:query(COLUMN_TYPES, util.quote_ident(schema) .. "." .. util.quote_ident(name))
+  if not rows then return nil, err, detail end
+  rows.affected = nil
+  return rows
+end
+
+--- Single-column foreign keys of a table: {column=, parent=}.
+function _M.foreign_keys(db, schema, name)
+  local rows, err, detail = db:query([[
+    SELECT a.attname AS column, p.relname AS parent
+    FROM pg_constraint f
+    JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_class p ON p.oid = f.confrelid
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = f.conkey[1]
+    WHERE f.contype = 'f' AND n.nspname = $1 AND c.relname = $2 AND array_length(f.conkey, 1) = 1
+    ORDER BY 1]], schema, name)
+  if not rows then return nil, err, detail end
+  rows.affected = nil
+  return rows
+end
+
+--- Unique indexes other than the primary key: arrays of column names.
+function _M.unique_keys(db, schema, name)
+  local rows, err, detail = db:query([[
+    SELECT i.indexrelid, array_agg(a.attname ORDER BY k.ord) AS cols
+    FROM pg_index i
+    JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+    WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND NOT i.indisprimary
+      AND i.indpred IS NULL AND i.indexprs IS NULL
+    GROUP BY i.indexrelid ORDER BY i.indexrelid]], schema, name)
+  if not rows then return nil, err, detail end
+  local out = {}
+  for _, r in ipairs(rows) do out[#out + 1] = r.cols end
+  return out
+end
+
 return _M

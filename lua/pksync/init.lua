@@ -9,7 +9,7 @@
 -- @module pksync
 local core = require "pksync.core"
 local util = require "pksync.util"
-local schema = require "pksync.schema"
+local store_ddl = require "pksync.store_ddl"
 
 local type, pairs, ipairs, error, pcall, setmetatable, tostring =
   type, pairs, ipairs, error, pcall, setmetatable, tostring
@@ -43,7 +43,7 @@ local client_mt = { __index = Client, __name = "pksync.client" }
 
 -- Each module returns a table of methods; a later module may not
 -- silently replace an earlier one's method.
-local MODULES = { "pksync.notifier", "pksync.store", "pksync.server", "pksync.pull", "pksync.runner" }
+local MODULES = { "pksync.notifier", "pksync.store", "pksync.server", "pksync.pull", "pksync.sync" }
 for _, name in ipairs(MODULES) do
   for k, fn in pairs(require(name)) do
     if type(fn) == "function" and k:sub(1, 1) ~= "_" then
@@ -107,7 +107,7 @@ function _M.new(opts)
   for k, v in pairs(DEFAULTS) do self[k] = v end
   for k, v in pairs(opts) do self[k] = v end
   self.prefix = util.normalize_prefix(self.prefix)
-  self.store_tables = schema.table_names(opts.store_tables)
+  self.store_tables = store_ddl.table_names(opts.store_tables)
   return setmetatable(self, client_mt)
 end
 

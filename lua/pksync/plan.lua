@@ -32,21 +32,9 @@ local function kind_of(typname, typtype)
   return SCALAR_KINDS[typname] or (typtype == "e" and "text") or "generic"
 end
 
-local COLUMNS = [[
-SELECT a.attname AS name, a.attnotnull AS not_null, a.attgenerated <> '' AS generated,
-       a.attidentity = 'a' AS identity_always, format_type(a.atttypid, a.atttypmod) AS sql_type,
-       bt.typname AS typname, bt.typtype AS typtype, bt.typcategory AS category,
-       et.typname AS elem_typname, et.typtype AS elem_typtype, et.typdelim AS elem_delim
-FROM pg_attribute a
-JOIN pg_type t ON t.oid = a.atttypid
-JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
-WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum]]
-
 --- The local table's columns with their import kinds.
 function _M.local_columns(db, schema, name)
-  local rows, err, detail = db:query(COLUMNS, util.quote_ident(schema) .. "." .. util.quote_ident(name))
+  local rows, err, detail = catalog.column_types(db, schema, name)
   if not rows then return nil, err, detail end
   local cols = {}
   for _, r in ipairs(rows) do
@@ -62,38 +50,6 @@ function _M.local_columns(db, schema, name)
     cols[#cols + 1] = col
   end
   return cols
-end
-
---- Single-column foreign keys of a table: {column=, parent=}.
-function _M.foreign_keys(db, schema, name)
-  local rows, err, detail = db:query([[
-    SELECT a.attname AS column, p.relname AS parent
-    FROM pg_constraint f
-    JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-    JOIN pg_class p ON p.oid = f.confrelid
-    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = f.conkey[1]
-    WHERE f.contype = 'f' AND n.nspname = $1 AND c.relname = $2 AND array_length(f.conkey, 1) = 1
-    ORDER BY 1]], schema, name)
-  if not rows then return nil, err, detail end
-  rows.affected = nil
-  return rows
-end
-
---- Unique indexes other than the primary key: arrays of column names.
-function _M.unique_keys(db, schema, name)
-  local rows, err, detail = db:query([[
-    SELECT i.indexrelid, array_agg(a.attname ORDER BY k.ord) AS cols
-    FROM pg_index i
-    JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-    JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
-    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-    WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND NOT i.indisprimary
-      AND i.indpred IS NULL AND i.indexprs IS NULL
-    GROUP BY i.indexrelid ORDER BY i.indexrelid]], schema, name)
-  if not rows then return nil, err, detail end
-  local out = {}
-  for _, r in ipairs(rows) do out[#out + 1] = r.cols end
-  return out
 end
 
 ------------------------------------------------------------------------------
@@ -278,8 +234,8 @@ function _M.build(db, facts, remote_columns, opts)
   end
   p.column_names = names_of(p.columns)
   if opts.remap then
-    p.foreign_keys = _M.foreign_keys(db, facts.schema, table_name) or {}
-    p.unique_keys = _M.unique_keys(db, facts.schema, table_name) or {}
+    p.foreign_keys = catalog.foreign_keys(db, facts.schema, table_name) or {}
+    p.unique_keys = catalog.unique_keys(db, facts.schema, table_name) or {}
   end
   return p
 end

@@ -7,7 +7,7 @@
 local core = require "pksync.core"
 local util = require "pksync.util"
 local catalog = require "pksync.catalog"
-local limits = require "pksync.limits"
+local access = require "pksync.access"
 local answer = require "pksync.answer"
 
 local type, ipairs, pairs, tostring, tonumber, select = type, ipairs, pairs, tostring, tonumber, select
@@ -86,7 +86,7 @@ local function open_request(self, req, body, fields, joined)
   local bad = answer.require_fields(body, fields, joined)
   if bad then return nil, bad end
   local conn
-  conn, bad = limits.authorize(self, req, body, fail)
+  conn, bad = access.authorize(self, req, body, fail)
   if not conn then return nil, bad end
   local db = self:database()
   if not db then return nil, fail(500, "Store unavailable") end
@@ -385,7 +385,7 @@ function _M.pull_data(self, req, settings, body)
   if not hidden or not pk then return fail(500, "Failed to pull data") end
   local cursor = decode_cursor(body.after, #pk == 0 and 1 or #pk)
   if cursor == nil then return fail(400, "Invalid cursor", { error_code = "invalid_cursor" }) end
-  local page, bad = limits.pull_budget(conn, cursor == false, fail)
+  local page, bad = access.pull_budget(conn, cursor == false, fail)
   if not page then return bad end
   if type(body.limit) == "number" and body.limit >= 1 then page = math_min(page, math_floor(body.limit)) end
   local sql, params, filtered = pull_query(self, body, pk, page, cursor)

@@ -7,7 +7,7 @@
 -- @module pksync.store
 local core = require "pksync.core"
 local util = require "pksync.util"
-local schema = require "pksync.schema"
+local store_ddl = require "pksync.store_ddl"
 
 local type, pairs, ipairs, error, tostring, select = type, pairs, ipairs, error, tostring, select
 local setmetatable = setmetatable
@@ -149,7 +149,7 @@ function _M.migrate(self)
   local db, err, detail = db_or_err(self)
   if not db then return nil, err, detail end
   local ok
-  ok, err, detail = db:exec(schema.ddl(self.store_tables))
+  ok, err, detail = db:exec(store_ddl.ddl(self.store_tables))
   if not ok then return nil, "migration_failed", { message = err, sqlstate = detail and detail.sqlstate } end
   return true
 end

@@ -4,7 +4,7 @@
 -- tables, lets the policy choose tables, strategies, transforms and
 -- conflict resolution, skips tables whose checksum already matches, pulls
 -- the rest parents first with key remapping, and returns a report.
--- @module pksync.runner
+-- @module pksync.sync
 local core = require "pksync.core"
 local util = require "pksync.util"
 local catalog = require "pksync.catalog"

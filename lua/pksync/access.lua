@@ -4,7 +4,7 @@
 --
 -- The rate window lives in the connection row and is advanced by one
 -- atomic UPDATE, so every nginx worker and thread sees the same count.
--- @module pksync.limits
+-- @module pksync.access
 local util = require "pksync.util"
 
 local tonumber, tostring, type, ipairs = tonumber, tostring, type, ipairs

@@ -3,7 +3,7 @@
 -- Columns mirror what PhoenixKit keeps for the same things
 -- (phoenix_kit_sync_connections / _transfers), plus what pksync needs to
 -- enforce limits itself (rate window, constant-time lookup key).
--- @module pksync.schema
+-- @module pksync.store_ddl
 local util = require "pksync.util"
 
 local str_format, pairs, error, tostring = string.format, pairs, error, tostring
