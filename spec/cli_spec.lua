@@ -415,39 +415,6 @@ describe("pksync CLI", function()
       assert.matches("^pksync: syncing with [^\n]+: invalid_policy %([^\n]*nonsense[^\n]*%)\n$", r.err)
     end)
 
-    it("pull and sync without sync_connection fall back to pull_tables (in process)", function()
-      local cli_mod = require "pksync.cli"
-      local function run(args)
-        local out, err = {}, {}
-        local function sink(t)
-          return { write = function(_, ...) for _, v in ipairs { ... } do t[#t + 1] = v end end, flush = function() end }
-        end
-        local saved = pksync.Client.sync_connection
-        pksync.Client.sync_connection = nil
-        local ok, code = pcall(cli_mod.main, join({ "--db", b.conninfo, "--site-url", b.srv.site_url }, args),
-          { stdout = sink(out), stderr = sink(err) })
-        pksync.Client.sync_connection = saved
-        assert(ok, code)
-        local r = { code = code, out = table.concat(out), err = table.concat(err) }
-        transcript[#transcript + 1] = r.out .. r.err
-        return r
-      end
-      local r = expect(run { "pull", a.srv.site_url, "--json", "--strategy", "merge" }, 4)
-      local doc = json.decode(r.out)
-      assert.same({ "categories", "products" }, doc.order)
-      assert.equals("merge", doc.tables[1].strategy)
-      assert.equals(1, doc.totals.failed)
-      assert.matches("check constraint", doc.tables[2].error_sample)
-      assert.same({ 0, 5 }, { doc.tables[1].imported, doc.tables[1].updated })
-      r = expect(run { "pull", a.srv.site_url, "--dry-run" }, 0)
-      assert.matches("categories%s+planned", r.out)
-      assert.matches("products%s+planned%s+skip%s+0[^\n]+40 rows on the sender", r.out)
-      r = expect(run { "sync", a.srv.site_url }, 4)
-      assert.matches("products%s+pulled", r.out)
-      r = expect(run { "sync", a.srv.site_url, "--policy", helper.root .. "/cli-policy.lua" }, 1)
-      assert.matches("unsupported", r.err)
-    end)
-
     it("lifecycle: revoke and delete, both sides end clean", function()
       local r = expect(on_a { "connections", "revoke", "A to B", "--reason", "done" }, 0)
       assert.matches("is now revoked; peer: updated", r.out)

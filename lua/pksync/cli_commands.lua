@@ -56,38 +56,17 @@ local function conn_label(conn)
 end
 
 ------------------------------------------------------------------------------
--- our site URL, kept in the store's settings table
-
-local function settings_table(client)
-  return util.quote_ident(client.store_tables.settings)
-end
+-- our site URL, kept in the store's settings
 
 --- The site_url setting, or nil.
 function _M.stored_site_url(client)
   local s = client:get_settings()
   if s and type(s.site_url) == "string" and s.site_url ~= "" then return s.site_url end
-  local db = client:database()
-  if not db then return nil end
-  local rows = db:query(str_format("SELECT value #>> '{}' AS v FROM %s WHERE key = $1", settings_table(client)),
-    "site_url")
-  local v = rows and rows[1] and rows[1].v
-  if type(v) ~= "string" or v == "" then return nil end
-  return v
+  return nil
 end
 
---- Store our URL: through set_settings when the store knows the key,
--- otherwise (older stores raise on unknown keys) as a row of its own.
 local function store_site_url(ctx, client, url)
-  local ok, res, err, detail = pcall(client.set_settings, client, { site_url = url })
-  if ok then
-    ctx:check("storing the site URL", res, err, detail)
-    return
-  end
-  local db = ctx:check("opening the store", client:database())
-  local rows, qerr = db:query(str_format([[INSERT INTO %s (key, value) VALUES ($1, $2::jsonb)
-    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()]], settings_table(client)),
-    "site_url", pksync.json.encode(url))
-  if not rows then ctx:fail(EXIT_FAILED, "storing the site URL", "store_failed", qerr) end
+  ctx:check("storing the site URL", client:set_settings { site_url = url })
 end
 
 ------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ local function present(v)
 end
 
 --- Why a table was skipped or failed, as short text: the error code and
--- the message (the runner says `message`, older reports `reason`).
+-- the message (a failed table has a `message`, an unchanged one a `reason`).
 local function why(t)
   local parts = {}
   if present(t.error) then parts[#parts + 1] = tostring(t.error) end
