@@ -128,6 +128,33 @@ describe("pksync in nginx", function()
     assert.is_true(worst < 0.5, ("GET status took %.3f s while PostgreSQL was busy"):format(worst))
   end)
 
+  it("loads policy files like pksync.policy.load: a misspelt hook is refused at load", function()
+    local typo = helper.root .. "/" .. helper.unique("typo") .. ".lua"
+    local good = helper.root .. "/" .. helper.unique("good") .. ".lua"
+    helper.write_file(typo, "return { table_alowed = function() return false end }\n")
+    helper.write_file(good, "return { table_allowed = function(conn, t) return t ~= 'slow' end }\n")
+    local function location(name, file)
+      local config = ("{ db = %q, site_url = %q, prefix = %q, policy_file = %q }")
+        :format(conninfo, site.site_url, "/" .. name .. "/phoenix_kit", file)
+      return ("location /%s/phoenix_kit/sync/api/ { content_by_lua_block { require('pksync.nginx').serve(%s) } }\n")
+        :format(name, config)
+    end
+    local srv = start_site(conninfo, location("typo", typo) .. location("good", good))
+    local body = json.encode { auth_token_hash = conn.auth_token_hash }
+    -- the typo would silently have switched the check off: nothing is served instead
+    local status = helper.http("POST", srv.site_url .. "/typo" .. API .. "list-tables", body)
+    assert.equals(500, status)
+    assert.matches('unknown hook "table_alowed"', srv.error_log(), 1, true)
+    local text
+    status, text = helper.http("POST", srv.site_url .. "/good" .. API .. "list-tables", body)
+    assert.equals(200, status)
+    local names = {}
+    for _, t in ipairs(json.decode(text).tables) do names[t.name] = true end
+    assert.is_true(names.items)
+    assert.is_nil(names.slow)
+    srv.stop()
+  end)
+
   it("runs client calls from a handler and a timer off the event loop", function()
     local peer = helper.start_peer()
     peer.scenario(API .. "status", { status = 200, delay = 2, body = { enabled = true, incoming_mode = "deny_all",

@@ -340,8 +340,16 @@ describe("pksync notifier", function()
       peer.scenario(path, { status = 200, body = { success = true, schema = { columns = "x" } } })
       v, err = client:fetch_table_schema(conn, "posts")
       assert.equals("invalid_response", err)
-      assert.has_error(function() client:fetch_table_schema(conn, "posts; DROP TABLE x") end)
+      -- a name that is no identifier is data: not found there, and not asked for
+      local asked = #peer.requests()
+      for _, call in ipairs { "fetch_table_schema", "fetch_table_records", "fetch_pull_page" } do
+        v, err = client[call](client, conn, "posts; DROP TABLE x")
+        assert.is_nil(v)
+        assert.equals("table_not_found", err, call)
+      end
+      assert.equals(asked, #peer.requests())
       assert.has_error(function() client:fetch_table_schema(conn, nil) end)
+      assert.has_error(function() client:fetch_table_records(conn, 42) end)
     end)
 
     it("fetch_table_records sends limit, offset and filters and keeps values exact", function()

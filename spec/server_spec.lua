@@ -169,10 +169,15 @@ describe("pksync server (client:handle)", function()
 
     it("checks the incoming password in require_password mode", function()
       assert(site:set_settings { incoming_mode = "require_password", incoming_password = "" })
-      local status = register { sender_url = "https://nopw.example", connection_name = "n", auth_token = "t" }
-      assert.equals(200, status) -- no stored password: accepted, as PROTOCOL.md says
+      -- no stored password: nobody gets in, with or without one (PhoenixKit 0.2)
+      local status, body = register { sender_url = "https://nopw.example", connection_name = "n", auth_token = "t" }
+      assert.equals(401, status)
+      assert.equals("Password required for incoming connections", body.error)
+      status = register { sender_url = "https://nopw.example", connection_name = "n", auth_token = "t",
+        password = "anything" }
+      assert.equals(401, status)
+      assert.same({}, site:list_connections { site_url = "https://nopw.example" })
       assert(site:set_settings { incoming_password = "open sesame" })
-      local body
       status, body = register { sender_url = "https://pw.example", connection_name = "n", auth_token = "t" }
       assert.equals(401, status)
       assert.equals("Password required for incoming connections", body.error)

@@ -58,18 +58,6 @@ function _M.hour_allowed(start, stop, hour)
   return hour >= start or hour <= stop
 end
 
-local WINDOW = [[
-UPDATE %s SET
-  rate_window_count = CASE WHEN rate_window_start IS NULL
-    OR rate_window_start <= now() - interval '1 minute' THEN 1 ELSE rate_window_count + 1 END,
-  rate_window_start = CASE WHEN rate_window_start IS NULL
-    OR rate_window_start <= now() - interval '1 minute' THEN now() ELSE rate_window_start END
-WHERE uuid = $1::uuid
-RETURNING rate_window_count AS count,
-  ceil(extract(epoch FROM rate_window_start + interval '1 minute' - now()))::int AS retry_after,
-  (expires_at IS NOT NULL AND expires_at <= now()) AS expired,
-  extract(hour FROM now() AT TIME ZONE 'UTC')::int AS hour]]
-
 --- Authenticate a data request and apply the connection's limits.
 -- @return conn, or nil and the error answer (a response table)
 function _M.authorize(self, req, body, fail)
@@ -77,10 +65,8 @@ function _M.authorize(self, req, body, fail)
   if conn == nil then return nil, fail(500, "Store unavailable") end
   if not conn then return nil, fail(401, "Invalid connection") end
   if conn.status ~= "active" then return nil, fail(403, "Connection is not active") end
-  local db = self:database()
-  local rows = db and db:query(str_format(WINDOW, util.quote_ident(self.store_tables.connections)), conn.uuid)
-  if not rows or not rows[1] then return nil, fail(500, "Store unavailable") end
-  local w = rows[1]
+  local w = self:count_request(conn.uuid)
+  if not w then return nil, fail(500, "Store unavailable") end
   if w.expired then return nil, fail(403, "Connection has expired") end
   if not ip_allowed(conn.ip_whitelist, req.remote_addr) then return nil, fail(403, "IP address not allowed") end
   if not _M.hour_allowed(conn.allowed_hours_start, conn.allowed_hours_end, w.hour) then

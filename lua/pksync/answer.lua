@@ -6,7 +6,7 @@
 local core = require "pksync.core"
 local util = require "pksync.util"
 
-local type, ipairs, pairs, pcall, tostring = type, ipairs, pairs, pcall, tostring
+local type, ipairs, pairs = type, ipairs, pairs
 local setmetatable = setmetatable
 local tbl_concat = table.concat
 local json_encode = core.json_encode
@@ -65,19 +65,5 @@ function _M.require_fields(body, fields, joined)
   if #bad > 0 then return _M.fail(400, "Invalid field types", { fields = bad }) end
   return nil
 end
-
---- Call a policy hook safely: errors become nil, "<hook> failed: ...".
-function _M.call_hook(self, name, ...)
-  local policy = self.policy
-  local hook = policy and policy[name]
-  if not hook then return true, nil end
-  local ok, a, b = pcall(hook, ...)
-  if not ok then
-    self:log("error", "policy hook %s failed: %s", name, tostring(a))
-    return nil, name .. " failed"
-  end
-  return a, b
-end
-
 
 return _M

@@ -10,6 +10,7 @@
 local core = require "pksync.core"
 local util = require "pksync.util"
 local store_ddl = require "pksync.store_ddl"
+local transport = require "pksync.transport"
 
 local type, pairs, ipairs, error, pcall, setmetatable, tostring =
   type, pairs, ipairs, error, pcall, setmetatable, tostring
@@ -81,6 +82,10 @@ local function check_options(opts)
       error(str_format("pksync.new: option %s must be a %s, got %s", k, want, type(v)), 3)
     end
   end
+  if opts.policy then
+    local ok, err = _M.policy.load(opts.policy)
+    if not ok then error("pksync.new: " .. err, 3) end
+  end
   if opts.site_url and not str_match(opts.site_url, "^https?://[^/]") then
     error("pksync.new: site_url must be an http(s) URL", 3)
   end
@@ -108,21 +113,61 @@ function _M.new(opts)
   for k, v in pairs(opts) do self[k] = v end
   self.prefix = util.normalize_prefix(self.prefix)
   self.store_tables = store_ddl.table_names(opts.store_tables)
+  self._peer_features = {}
   return setmetatable(self, client_mt)
+end
+
+-- The client owns its handles and caches; the modules reach them only
+-- through the methods below.
+
+local FEATURE_TTL_MS = 60000
+
+--- One HTTP handle from the client's options (every handle the client makes).
+local function new_http(self)
+  return core.http_new {
+    timeout = self.timeout, connect_timeout = self.connect_timeout,
+    ca_file = self.ca_file, insecure = self.insecure, max_body = self.max_body,
+    user_agent = transport.USER_AGENT,
+  }
 end
 
 --- The client's HTTP handle (created on first use, reused: keep-alive).
 function Client:http()
   local h = self._http
   if not h then
-    h = core.http_new {
-      timeout = self.timeout, connect_timeout = self.connect_timeout,
-      ca_file = self.ca_file, insecure = self.insecure, max_body = self.max_body,
-      user_agent = "PhoenixKit-Sync/1.0 pksync/" .. core.version,
-    }
+    h = new_http(self)
     self._http = h
   end
   return h
+end
+
+--- A second HTTP handle, for the importer's prefetch thread only (it
+-- fetches the next page while the first handle's page is imported).
+function Client:prefetch_http()
+  local h = self._prefetch_http
+  if not h then
+    h = new_http(self)
+    self._prefetch_http = h
+  end
+  return h
+end
+
+--- The pksync features a peer offers (GET status: `pksync.features`), as a
+-- set; cached a minute per site and prefix. A plain PhoenixKit peer, or
+-- one that cannot be reached, offers none.
+function Client:peer_features(conn)
+  local prefix = conn.prefix
+  if util.is_null(prefix) then prefix = nil end
+  local key = conn.site_url .. "|" .. tostring(prefix)
+  local cached = self._peer_features[key]
+  if cached and core.monotonic_ms() - cached.at < FEATURE_TTL_MS then return cached.set end
+  local set = {}
+  local st = self:check_remote_status(conn.site_url, { prefix = prefix })
+  if st and type(st.pksync) == "table" and type(st.pksync.features) == "table" then
+    for _, f in ipairs(st.pksync.features) do set[f] = true end
+  end
+  self._peer_features[key] = { at = core.monotonic_ms(), set = set }
+  return set
 end
 
 --- The client's database handle (connected on first use).
@@ -157,12 +202,19 @@ function Client:log(level, fmt, ...)
   pcall(logger, level, msg)
 end
 
---- Close the HTTP and database handles (the client may be used again:
--- they reopen on demand).
+--- True when the database handle was open and has died since (the
+-- server restarted): the next `database()` call reconnects.
+function Client:database_lost()
+  return self._db ~= nil and not self._db:is_open()
+end
+
+--- Close the HTTP and database handles and forget cached peer facts (the
+-- client may be used again: everything reopens on demand).
 function Client:close()
   if self._http then self._http:close() self._http = nil end
-  if self._http_prefetch then self._http_prefetch:close() self._http_prefetch = nil end
+  if self._prefetch_http then self._prefetch_http:close() self._prefetch_http = nil end
   if self._db then self._db:close() self._db = nil end
+  self._peer_features = {}
 end
 
 _M.Client = Client

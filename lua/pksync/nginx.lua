@@ -16,7 +16,7 @@
 -- @module pksync.nginx
 local pksync = require "pksync"
 
-local type, pairs, ipairs, tostring, tonumber, loadfile = type, pairs, ipairs, tostring, tonumber, loadfile
+local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
 local io_open = io.open
 
 local _M = {}
@@ -36,11 +36,11 @@ local function fingerprint(config)
   return pksync.json.encode(config, { sort_keys = true })
 end
 
+--- A policy file, loaded as everywhere else: in its own environment (its
+-- globals stay out of the thread's state), unknown hook names refused.
 local function load_policy(path)
-  local chunk, err = loadfile(path)
-  if not chunk then error("cannot load policy " .. path .. ": " .. err) end
-  local policy = chunk()
-  if type(policy) ~= "table" then error("policy " .. path .. " must return a table") end
+  local policy, err = pksync.policy.load(path)
+  if not policy then error("pksync.nginx: " .. err, 0) end
   return policy
 end
 

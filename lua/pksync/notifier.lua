@@ -30,17 +30,7 @@ local function check_conn(conn, fname)
   end
 end
 
---- The peer's `error` text from a JSON answer, if it sent one.
-local function peer_error(res)
-  local body = res.json
-  if type(body) == "table" and type(body.error) == "string" then return body.error end
-  return nil
-end
-
-local function status_detail(res)
-  return { http_status = res.status, message = peer_error(res), body = transport.excerpt(res.body),
-           error_code = type(res.json) == "table" and res.json.error_code or nil }
-end
+local peer_error, status_detail = transport.peer_error, transport.status_detail
 
 --- Send `body` to `endpoint` of the connection's peer. Requests that
 -- carry a credential (every POST) respect `require_tls`.
@@ -258,20 +248,7 @@ end
 ------------------------------------------------------------------------------
 -- data endpoints (receiver -> sender)
 
-local DATA_STATUS = {
-  [401] = "unauthorized",
-  [403] = "forbidden",
-  [429] = "rate_limited",
-  [503] = "disabled",
-}
-
---- Map a non-200 answer of a data endpoint to err, detail.
-local function data_failure(res, not_found)
-  local d = status_detail(res)
-  if res.status == 404 then return nil, not_found, d end
-  if res.status == 400 and type(d.error_code) == "string" then return nil, d.error_code, d end
-  return nil, DATA_STATUS[res.status] or "unexpected_response", d
-end
+local data_failure = transport.data_failure
 
 --- Send a data request and return the decoded 200 body.
 local function data_call(self, conn, endpoint, fname, body, opts, not_found)
@@ -290,11 +267,18 @@ local function data_call(self, conn, endpoint, fname, body, opts, not_found)
   return res.json
 end
 
+--- Table names come from users and from peers: a string that is no
+-- identifier names no table there (PhoenixKit's client asks and maps the
+-- 404 the same way); anything but a string is a programmer's mistake.
+-- @return nil when the name can be sent, else the error triple's tail
 local function check_table(name, fname)
-  if not util.valid_ident(name) then
-    error(str_format("bad argument #2 to '%s' (table name expected, got %s)", fname,
-      type(name) == "string" and str_format("%q", util.display(name)) or type(name)), 3)
+  if type(name) ~= "string" then
+    error(str_format("bad argument #2 to '%s' (table name expected, got %s)", fname, type(name)), 3)
   end
+  if not util.valid_ident(name) then
+    return "table_not_found", { message = "no table is named " .. str_format("%q", util.display(name)) }
+  end
+  return nil
 end
 
 local function is_array(v)
@@ -341,7 +325,8 @@ end
 -- @return `{table_name, columns = {{column_name, data_type, is_nullable,
 --   column_default, character_maximum_length}...}[, primary_key]}` or nil, err, detail
 function _M.fetch_table_schema(self, conn, table_name, opts)
-  check_table(table_name, "fetch_table_schema")
+  local bad, why = check_table(table_name, "fetch_table_schema")
+  if bad then return nil, bad, why end
   local body, err, detail = data_call(self, conn, "table-schema", "fetch_table_schema",
     { table_name = table_name }, opts, "table_not_found")
   if not body then return nil, err, detail end
@@ -384,7 +369,8 @@ end
 --   key values) or `id_range` ({first, last}, inclusive), `timeout`
 -- @return array of records (column -> value, nulls as pksync.null), or nil, err, detail
 function _M.fetch_table_records(self, conn, table_name, opts)
-  check_table(table_name, "fetch_table_records")
+  local bad, why = check_table(table_name, "fetch_table_records")
+  if bad then return nil, bad, why end
   opts = opts or {}
   local req = { table_name = table_name, limit = opts.limit or 10, offset = opts.offset or 0 }
   if not filter_fields(req, opts) then
@@ -404,7 +390,8 @@ end
 --   `id_range` (row filters), `conflict_strategy`, `timeout`
 -- @return `{data, has_more, next_after, truncated, filtered}` or nil, err, detail
 function _M.fetch_pull_page(self, conn, table_name, opts)
-  check_table(table_name, "fetch_pull_page")
+  local bad, why = check_table(table_name, "fetch_pull_page")
+  if bad then return nil, bad, why end
   opts = opts or {}
   local req = { table_name = table_name, conflict_strategy = opts.conflict_strategy or "skip",
                 limit = opts.limit, after = opts.after, uuid_format = "text" }
@@ -425,7 +412,5 @@ function _M.fetch_pull_page(self, conn, table_name, opts)
   }
 end
 
--- Shared with the importer (pull.lua): one mapping for data answers.
-_M._data_failure = data_failure
 
 return _M

@@ -49,15 +49,38 @@ function _M.load(source)
   return check(policy, "policy " .. source)
 end
 
---- Call a hook if the policy has it.
--- @return present (false when there is no such hook), then ok and the
---   hook's results, or ok = false and "hook <name>: <error>"
+--- True when the policy has the hook (a missing hook means the default).
+function _M.has(policy, name)
+  return policy ~= nil and policy[name] ~= nil
+end
+
+--- Call a hook, isolating its errors: the one way pksync calls a hook
+-- outside the importer.
+-- @return true and the hook's results (just true when the policy has no
+--   such hook: see `has`), or nil, "hook <name>: <error>"
 function _M.call(policy, name, ...)
   local hook = policy and policy[name]
-  if not hook then return false end
+  if not hook then return true end
   local ok, a, b = pcall(hook, ...)
-  if not ok then return true, false, str_format("hook %s: %s", name, tostring(a)) end
-  return true, true, a, b
+  if not ok then return nil, str_format("hook %s: %s", name, tostring(a)) end
+  return true, a, b
+end
+
+--- The transform hook for one table as the importer calls it, `fn(row)`,
+-- or nil. The importer runs it under its own error isolation (a failing
+-- hook stops the table and is reported as "transform").
+function _M.transformer(policy, table_name, conn)
+  local hook = policy and policy.transform
+  if not hook then return nil end
+  return function(row) return hook(table_name, row, conn) end
+end
+
+--- The resolve hook for one table as the importer calls it,
+-- `fn(local_row, remote_row)`, or nil.
+function _M.resolver(policy, table_name, conn)
+  local hook = policy and policy.resolve
+  if not hook then return nil end
+  return function(local_row, remote_row) return hook(table_name, local_row, remote_row, conn) end
 end
 
 return _M

@@ -11,7 +11,6 @@ local core = require "pksync.core"
 local util = require "pksync.util"
 local plan = require "pksync.plan"
 local transport = require "pksync.transport"
-local notifier = require "pksync.notifier"
 
 local type, ipairs, pairs, pcall, error, tostring = type, ipairs, pairs, pcall, error, tostring
 local setmetatable = setmetatable
@@ -23,27 +22,9 @@ local _M = {}
 
 local DEFAULT_BATCH_ROWS = 10000
 local RECORDS_PAGE = 100          -- table-records' own cap
-local FEATURE_TTL_MS = 60000
 
 ------------------------------------------------------------------------------
 -- peer facts
-
---- The sender's pksync features (cached a minute per client and site).
-local function peer_features(self, conn)
-  local key = conn.site_url .. "|" .. tostring(conn.prefix)
-  self._features = self._features or {}
-  local cached = self._features[key]
-  if cached and now() - cached.at < FEATURE_TTL_MS then return cached.set end
-  local set = {}
-  local prefix = conn.prefix
-  if util.is_null(prefix) then prefix = nil end
-  local st = self:check_remote_status(conn.site_url, { prefix = prefix })
-  if st and type(st.pksync) == "table" and type(st.pksync.features) == "table" then
-    for _, f in ipairs(st.pksync.features) do set[f] = true end
-  end
-  self._features[key] = { at = now(), set = set }
-  return set
-end
 
 local function remote_column_names(self, conn, table_name, opts)
   local schema, err, detail = self:fetch_table_schema(conn, table_name, { timeout = opts.timeout })
@@ -66,22 +47,14 @@ end
 ------------------------------------------------------------------------------
 -- transfers (when the store is migrated)
 
-local function store_ready(self, db)
-  if self._store_ready ~= nil then return self._store_ready end
-  local rows = db:query("SELECT to_regclass($1) IS NOT NULL AS ok",
-    util.quote_ident(self.schema) .. "." .. util.quote_ident(self.store_tables.transfers))
-  self._store_ready = rows ~= nil and rows[1].ok == true
-  return self._store_ready
-end
-
 local function stored_connection_uuid(self, conn)
   if type(conn.uuid) ~= "string" then return nil end
   local c = self:get_connection(conn.uuid)
   return c and c.uuid or nil
 end
 
-local function open_transfer(self, db, conn, table_name, strategy, opts)
-  if not store_ready(self, db) then return nil end
+local function open_transfer(self, conn, table_name, strategy, opts)
+  if not self:store_migrated() then return nil end
   local conn_uuid = stored_connection_uuid(self, conn)
   if opts.resume and conn_uuid then
     local list = self:list_transfers { connection_uuid = conn_uuid, table_name = table_name,
@@ -158,8 +131,8 @@ end
 --- Map a page that did not commit to nil, err, detail.
 local function page_failure(res)
   if res.status ~= 200 then
-    local fake = { status = res.status, body = res.body, json = res.body and json_decode(res.body) }
-    return notifier._data_failure(fake, "table_not_found")
+    local answer = { status = res.status, body = res.body, json = res.body and json_decode(res.body) }
+    return transport.data_failure(answer, "table_not_found")
   end
   if not res.valid then
     return nil, "invalid_response", { http_status = 200, message = res.invalid_reason }
@@ -188,18 +161,6 @@ local function page_body(ctx, fields)
   fields.table_name = ctx.table
   fields.uuid_format = "text"
   return json_encode(fields)
-end
-
---- The HTTP handle the prefetch thread uses (never used elsewhere).
-local function prefetch_http(self)
-  local h = self._http_prefetch
-  if not h then
-    h = core.http_new { timeout = self.timeout, connect_timeout = self.connect_timeout,
-      ca_file = self.ca_file, insecure = self.insecure, max_body = self.max_body,
-      user_agent = transport.USER_AGENT }
-    self._http_prefetch = h
-  end
-  return h
 end
 
 local function run_page(self, ctx, name, body, page)
@@ -240,7 +201,7 @@ local function pull_paged(self, ctx)
   local cursor = ctx.cursor
   local base = page_body(ctx, { conflict_strategy = ctx.strategy, limit = ctx.opts.page_size })
   local prefix = base:sub(1, -2) .. ',"after":'
-  local page = { next_http = ctx.opts.prefetch ~= false and prefetch_http(self) or nil,
+  local page = { next_http = ctx.opts.prefetch ~= false and self:prefetch_http() or nil,
                  next_prefix = prefix, next_suffix = "}" }
   repeat
     page.after = cursor
@@ -288,7 +249,7 @@ end
 
 local function check_args(conn, table_name, opts)
   if type(conn) ~= "table" then error("bad argument #1 to 'pull_table_data' (connection table expected)", 3) end
-  if not util.valid_ident(table_name) then
+  if type(table_name) ~= "string" then
     error("bad argument #2 to 'pull_table_data' (table name expected)", 3)
   end
   if opts ~= nil and type(opts) ~= "table" then error("bad argument #3 to 'pull_table_data' (table expected)", 3) end
@@ -411,6 +372,10 @@ end
 function _M.pull_table_data(self, conn, table_name, opts)
   check_args(conn, table_name, opts)
   opts = opts or {}
+  -- a name from a user or a peer that is no identifier names no table there
+  if not util.valid_ident(table_name) then
+    return nil, "table_not_found", { message = "no table is named " .. str_format("%q", util.display(table_name)) }
+  end
   if opts.conflict_strategy == "custom" and type(opts.resolve) ~= "function" then
     error("pull_table_data: the custom strategy needs a resolve function", 2)
   end
@@ -422,7 +387,7 @@ function _M.pull_table_data(self, conn, table_name, opts)
   local db, p = prep.db, prep.plan
   local ctx = { conn = conn, table = table_name, opts = opts, db = db, plan = p, strategy = prep.strategy,
                 started = now(), result = new_result(table_name, prep.strategy), local_names = prep.local_names }
-  local features = peer_features(self, conn)
+  local features = self:peer_features(conn)
   -- pksync senders page to the end by themselves; the count only feeds
   -- progress there. Plain senders need it to tell a full table from a cut one.
   if features.paged_pull then
@@ -430,7 +395,7 @@ function _M.pull_table_data(self, conn, table_name, opts)
   else
     ctx.row_count = remote_row_count(self, conn, table_name, opts)
   end
-  ctx.transfer = open_transfer(self, db, conn, table_name, prep.strategy, opts)
+  ctx.transfer = open_transfer(self, conn, table_name, prep.strategy, opts)
   if ctx.transfer and ctx.transfer.cursor and opts.resume and features.paged_pull then
     ctx.cursor = ctx.transfer.cursor
     ctx.transfer.resumed_from = ctx.transfer

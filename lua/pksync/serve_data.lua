@@ -9,6 +9,7 @@ local util = require "pksync.util"
 local catalog = require "pksync.catalog"
 local access = require "pksync.access"
 local answer = require "pksync.answer"
+local policy = require "pksync.policy"
 
 local type, ipairs, pairs, tostring, tonumber, select = type, ipairs, pairs, tostring, tonumber, select
 local setmetatable, getmetatable = setmetatable, getmetatable
@@ -50,8 +51,10 @@ local function table_allowed(self, conn, name)
      and not contains(conn.allowed_tables, name) then
     return false
   end
-  local ok = answer.call_hook(self, "table_allowed", conn, name)
-  return ok ~= false and ok ~= nil
+  if not policy.has(self.policy, "table_allowed") then return true end
+  local ran, allowed = policy.call(self.policy, "table_allowed", conn, name)
+  if not ran then self:log("error", "policy %s", allowed) return false end
+  return allowed ~= false and allowed ~= nil
 end
 
 --- nil when the table may be served; else the error answer.
@@ -69,8 +72,8 @@ end
 
 --- Columns the policy never lets leave this site, as a set.
 local function redacted(self, conn, name)
-  local cols, err = answer.call_hook(self, "redact", conn, name)
-  if cols == nil and err then return nil end
+  local ran, cols = policy.call(self.policy, "redact", conn, name)
+  if not ran then self:log("error", "policy %s", cols) return nil end
   local set = {}
   if type(cols) == "table" then
     for _, c in ipairs(cols) do
@@ -120,8 +123,7 @@ function _M.list_tables(self, req, settings, body)
       tables[#tables + 1] = stats
     end
   end
-  db:query(str_format("UPDATE %s SET last_connected_at = now() WHERE uuid = $1::uuid",
-    util.quote_ident(self.store_tables.connections)), conn.uuid)
+  self:mark_connected(conn.uuid)
   return reply(200, { success = true, tables = tables })
 end
 
@@ -331,15 +333,9 @@ local function strategy_of(body)
 end
 
 --- Counters on the connection and the send transfer of this pull.
-local function record_pull(self, db, conn, req, body, page_info)
-  local names = self.store_tables
+local function record_pull(self, conn, req, body, page_info)
   local starting = page_info.cursor == false
-  db:query(str_format([[UPDATE %s SET records_downloaded = records_downloaded + $2,
-      total_records_transferred = total_records_transferred + $2,
-      total_bytes_transferred = total_bytes_transferred + $3, last_transfer_at = now(),
-      downloads_used = downloads_used + $4, total_transfers = total_transfers + $4
-    WHERE uuid = $1::uuid]], util.quote_ident(names.connections)),
-    conn.uuid, page_info.count, page_info.bytes, starting and 1 or 0)
+  self:count_served_page(conn.uuid, { count = page_info.count, bytes = page_info.bytes, starting = starting })
   local status = page_info.has_more and "in_progress" or "completed"
   if starting then
     local t = self:create_transfer { direction = "send", connection_uuid = conn.uuid,
@@ -351,11 +347,8 @@ local function record_pull(self, db, conn, req, body, page_info)
   end
   local tid = page_info.cursor.t
   if type(tid) ~= "string" then return nil end
-  db:query(str_format([[UPDATE %s SET records_transferred = records_transferred + $3,
-      records_requested = records_requested + $4, bytes_transferred = bytes_transferred + $5,
-      status = $6, completed_at = CASE WHEN $6 = 'completed' THEN now() END
-    WHERE uuid = $1::uuid AND connection_uuid = $2::uuid]], util.quote_ident(names.transfers)),
-    tid, conn.uuid, page_info.count, page_info.page, page_info.bytes, status)
+  self:add_to_send_transfer(tid, conn.uuid, { count = page_info.count, requested = page_info.page,
+    bytes = page_info.bytes, status = status })
   return tid
 end
 
@@ -405,7 +398,7 @@ function _M.pull_data(self, req, settings, body)
     return fail(500, "Failed to pull data")
   end
   local info = { count = count, has_more = has_more, bytes = #rows_json, page = page, cursor = cursor }
-  local tid = record_pull(self, db, conn, req, body, info)
+  local tid = record_pull(self, conn, req, body, info)
   if has_more and last_key then info.next_after = encode_cursor(last_key, tid) end
   return { status = 200, headers = { ["content-type"] = "application/json; charset=utf-8" },
            body = pull_envelope(body.table_name, rows_json, info, filtered) }

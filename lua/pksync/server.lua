@@ -9,20 +9,19 @@
 -- @module pksync.server
 local core = require "pksync.core"
 local util = require "pksync.util"
-local catalog = require "pksync.catalog"
 local answer = require "pksync.answer"
-local store = require "pksync.store"
+local policy = require "pksync.policy"
 local serve_data = require "pksync.serve_data"
 
-local type, ipairs, tostring = type, ipairs, tostring
+local type, tostring = type, tostring
 local getmetatable, setmetatable = getmetatable, setmetatable
-local str_format, str_find, str_sub = string.format, string.find, string.sub
-local json_encode, json_decode = core.json_encode, core.json_decode
+local str_find, str_sub = string.find, string.sub
+local json_decode = core.json_decode
 local null = core.null
 
 local _M = {}
 
-local reply, fail, require_fields, call_hook = answer.reply, answer.fail, answer.require_fields, answer.call_hook
+local reply, fail, require_fields = answer.reply, answer.fail, answer.require_fields
 
 --- Protocol extensions this server offers (GET status: pksync.features).
 local FEATURES = { "paged_pull", "uuid_text", "row_filters" }
@@ -56,8 +55,8 @@ local function check_password(self, settings, body)
   if settings.incoming_mode ~= "require_password" then return nil end
   local verdict = self:check_incoming_password(body.password)
   if verdict == nil then return fail(500, "Failed to create connection") end
-  if verdict == "unset" then return nil end
-  if body.password == nil or body.password == null or body.password == "" then
+  -- a site that asks for a password and has none set lets nobody in (0.2)
+  if verdict == "unset" or body.password == nil or body.password == null or body.password == "" then
     return fail(401, "Password required for incoming connections")
   end
   if verdict ~= true then return fail(401, "Invalid password") end
@@ -71,10 +70,16 @@ local function h_register(self, req, settings, body)
   if not body.sender_url:match("^https?://[^/%s]+[^%s]*$") then return fail(400, "Invalid sender_url") end
   bad = check_password(self, settings, body)
   if bad then return bad end
-  local accepted, reason = call_hook(self, "accept_incoming", {
+  local ran, accepted, reason = policy.call(self.policy, "accept_incoming", {
     sender_url = body.sender_url, connection_name = body.connection_name,
     remote_addr = req.remote_addr, headers = req.headers })
-  if not accepted then return fail(403, type(reason) == "string" and reason or "Connection refused by policy") end
+  if not ran then
+    self:log("error", "policy %s", accepted)
+    return fail(403, "Connection refused by policy")
+  end
+  if policy.has(self.policy, "accept_incoming") and not accepted then
+    return fail(403, type(reason) == "string" and reason or "Connection refused by policy")
+  end
   local existing = self:list_connections { direction = "receiver", site_url = body.sender_url }
   if existing and existing[1] then return fail(409, "Connection already exists for this site") end
   local pending = settings.incoming_mode == "require_approval"
@@ -103,20 +108,15 @@ local function h_delete(self, req, settings, body)
   local conn, bad = find_by_url(self, body)
   if bad then return bad end
   if not conn then return fail(404, "Connection not found") end
-  local db = self:database()
-  local ok = db and db:query(str_format("DELETE FROM %s WHERE uuid = $1::uuid",
-    util.quote_ident(self.store_tables.connections)), conn.uuid)
-  if not ok then return fail(500, "Failed to delete connection") end
+  -- the peer asked for it: nothing to tell it back
+  if not self:delete_connection(conn.uuid, { notify = false }) then
+    return fail(500, "Failed to delete connection")
+  end
   self:log("info", "peer %s deleted connection %s", util.base_url(conn.site_url), conn.uuid)
   return reply(200, { success = true, message = "Connection deleted" })
 end
 
 local STATUS_VALUES = { active = true, suspended = true, revoked = true }
-local STATUS_STAMPS = {
-  active = { { "suspended_at", "NULL" }, { "suspended_reason", "NULL" } },
-  suspended = { { "suspended_at", "now()" }, { "suspended_reason", "$N", "Suspended by the remote site" } },
-  revoked = { { "revoked_at", "now()" }, { "revoked_reason", "$N", "Revoked by the remote site" } },
-}
 
 local function h_update_status(self, req, settings, body)
   local bad = require_fields(body, { "sender_url", "auth_token_hash", "status" })
@@ -126,9 +126,7 @@ local function h_update_status(self, req, settings, body)
   conn, bad = find_by_url(self, body)
   if bad then return bad end
   if not conn then return fail(404, "Connection not found") end
-  local sets = { { "status", "$N", body.status } }
-  for _, s in ipairs(STATUS_STAMPS[body.status]) do sets[#sets + 1] = s end
-  if not store._update_row(self, conn.uuid, sets) then return fail(500, "Failed to update status") end
+  if not self:record_peer_status(conn.uuid, body.status) then return fail(500, "Failed to update status") end
   return reply(200, { success = true, message = "Status updated to " .. body.status })
 end
 
@@ -146,13 +144,7 @@ local function h_connection_status(self, req, settings, body)
   if conn == nil then return fail(500, "Store unavailable") end
   if not conn then return fail(404, "Connection not found") end
   if conn.status == "pending" then
-    -- the receiver has proved it holds the token: activate, as PhoenixKit does
-    local meta = util.copy(conn.metadata)
-    meta.auto_activated, meta.auto_activated_at = true, util.iso_now()
-    meta.auto_activated_reason = "receiver queried connection status"
-    local updated = store._update_row(self, conn.uuid, { { "status", "$N", "active" },
-      { "approved_at", "now()" }, { "metadata", "$N::jsonb", json_encode(meta) } })
-    if updated then conn = updated end
+    conn = self:activate_on_first_contact(conn) or conn
   end
   return reply(200, { success = true, status = conn.status, name = conn.name })
 end
@@ -234,7 +226,7 @@ function _M.handle(self, req)
   local ok, res = pcall(dispatch, self, req)
   -- the database connection died under this request (PostgreSQL restarted
   -- since the last one): answer once more on a fresh connection
-  if (not ok or res.status == 500) and self._db and not self._db:is_open() then
+  if (not ok or res.status == 500) and self:database_lost() then
     ok, res = pcall(dispatch, self, req)
   end
   if ok then return res end

@@ -154,6 +154,16 @@ function _M.migrate(self)
   return true
 end
 
+--- True when the store's tables exist (migrate has run); pulls record
+-- transfers only then.
+function _M.store_migrated(self)
+  local db = self:database()
+  if not db then return false end
+  local rows = db:query("SELECT to_regclass($1) IS NOT NULL AS ok",
+    util.quote_ident(self.schema) .. "." .. tname(self, "transfers"))
+  return rows ~= nil and rows[1] ~= nil and rows[1].ok == true
+end
+
 ------------------------------------------------------------------------------
 -- connections
 
@@ -291,7 +301,6 @@ local function update_row(self, uuid, sets)
   end
   return one(rows)
 end
-_M._update_row = update_row
 
 --- Change settable fields of a connection (not its status, direction or token).
 -- @return conn or nil, err, detail
@@ -309,12 +318,19 @@ function _M.update_connection(self, uuid, attrs)
 end
 
 --- Delete a connection, telling the peer first (offline peers are fine).
--- @return true, remote ("deleted", "not_found", "offline" or an error text), or nil, err, detail
+-- @param opts passed to notify_delete; `notify = false` deletes without
+--   telling the peer (the peer itself asked for it)
+-- @return true, remote ("deleted", "not_found", "offline", "skipped" or an
+--   error text), or nil, err, detail
 function _M.delete_connection(self, uuid, opts)
   local conn, err, detail = _M.get_connection(self, uuid)
   if not conn then return nil, err, detail end
-  local remote, rerr = self:notify_delete(conn, opts)
-  remote = remote or rerr
+  local remote = "skipped"
+  if not (opts and opts.notify == false) then
+    local rerr
+    remote, rerr = self:notify_delete(conn, opts)
+    remote = remote or rerr
+  end
   local db = self:database()
   local rows
   rows, err, detail = db:query(str_format("DELETE FROM %s WHERE uuid = $1::uuid", tname(self, "connections")), uuid)
@@ -361,6 +377,33 @@ end
 function _M.revoke_connection(self, uuid, reason)
   return transition(self, uuid, "revoked",
     { { "revoked_at", "now()" }, { "revoked_reason", "$N", reason or null } }, "revoked")
+end
+
+-- Stamps of a status the peer reported (update-status).
+local PEER_STATUS_STAMPS = {
+  active = { { "suspended_at", "NULL" }, { "suspended_reason", "NULL" } },
+  suspended = { { "suspended_at", "now()" }, { "suspended_reason", "$N", "Suspended by the remote site" } },
+  revoked = { { "revoked_at", "now()" }, { "revoked_reason", "$N", "Revoked by the remote site" } },
+}
+
+--- Take a status the peer reported for our side of a connection (active,
+-- suspended or revoked), without telling the peer again.
+-- @return conn or nil, err, detail
+function _M.record_peer_status(self, uuid, status)
+  local stamps = PEER_STATUS_STAMPS[status]
+  if not stamps then error("record_peer_status: status must be active, suspended or revoked", 2) end
+  return transition(self, uuid, status, stamps, nil)
+end
+
+--- Activate a pending sender connection whose receiver has proved it holds
+-- the token (it asked for the connection's status), as PhoenixKit does.
+-- @return the updated conn or nil, err, detail
+function _M.activate_on_first_contact(self, conn)
+  local meta = util.copy(conn.metadata)
+  meta.auto_activated, meta.auto_activated_at = true, util.iso_now()
+  meta.auto_activated_reason = "receiver queried connection status"
+  return update_row(self, conn.uuid, { { "status", "$N", "active" }, { "approved_at", "now()" },
+    { "metadata", "$N::jsonb", json_encode(meta) } })
 end
 
 --- Give a connection a new token. A sender re-registers on its receiver
@@ -415,6 +458,59 @@ function _M.find_sender_by_hash(self, hash)
     tname(self, "connections")), lookup_key(hash))
   if not rows then return nil, "store_failed", { message = err } end
   return match_hash(rows, hash) or false
+end
+
+------------------------------------------------------------------------------
+-- serving-side counters (one atomic UPDATE each, shared by every worker)
+
+local RATE_WINDOW = [[
+UPDATE %s SET
+  rate_window_count = CASE WHEN rate_window_start IS NULL
+    OR rate_window_start <= now() - interval '1 minute' THEN 1 ELSE rate_window_count + 1 END,
+  rate_window_start = CASE WHEN rate_window_start IS NULL
+    OR rate_window_start <= now() - interval '1 minute' THEN now() ELSE rate_window_start END
+WHERE uuid = $1::uuid
+RETURNING rate_window_count AS count,
+  ceil(extract(epoch FROM rate_window_start + interval '1 minute' - now()))::int AS retry_after,
+  (expires_at IS NOT NULL AND expires_at <= now()) AS expired,
+  extract(hour FROM now() AT TIME ZONE 'UTC')::int AS hour]]
+
+--- Count one data request in the connection's per-minute window.
+-- @return `{count, retry_after (s), expired, hour (UTC)}` or nil, err, detail
+function _M.count_request(self, uuid)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err, detail = db:query(str_format(RATE_WINDOW, tname(self, "connections")), uuid)
+  if not rows or not rows[1] then return nil, "store_failed", { message = err or "no such connection" } end
+  return rows[1]
+end
+
+--- Note that the peer of a sender connection has just been served.
+function _M.mark_connected(self, uuid)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err = db:query(str_format("UPDATE %s SET last_connected_at = now() WHERE uuid = $1::uuid",
+    tname(self, "connections")), uuid)
+  if not rows then return nil, "store_failed", { message = err } end
+  return true
+end
+
+--- Add one served pull-data page to a sender connection's counters.
+-- @param page `{count = rows, bytes =, starting = true on a table's first page}`
+function _M.count_served_page(self, uuid, page)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err = db:query(str_format([[UPDATE %s SET records_downloaded = records_downloaded + $2,
+      total_records_transferred = total_records_transferred + $2,
+      total_bytes_transferred = total_bytes_transferred + $3, last_transfer_at = now(),
+      downloads_used = downloads_used + $4, total_transfers = total_transfers + $4
+    WHERE uuid = $1::uuid]], tname(self, "connections")),
+    uuid, page.count, page.bytes, page.starting and 1 or 0)
+  if not rows then return nil, "store_failed", { message = err } end
+  return true
 end
 
 ------------------------------------------------------------------------------
@@ -562,6 +658,22 @@ function _M.update_transfer(self, uuid, attrs)
     tname(self, "transfers"), tbl_concat(sets, ", ")), uuid, unpack(params))
   if not rows then return nil, "store_failed", { message = err, sqlstate = detail and detail.sqlstate } end
   return to_transfer(rows[1])
+end
+
+--- Add a served page to a send transfer of the connection `conn_uuid`
+-- (a transfer of another connection is left alone).
+-- @param page `{count =, requested =, bytes =, status = "in_progress"|"completed"}`
+function _M.add_to_send_transfer(self, uuid, conn_uuid, page)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err = db:query(str_format([[UPDATE %s SET records_transferred = records_transferred + $3,
+      records_requested = records_requested + $4, bytes_transferred = bytes_transferred + $5,
+      status = $6, completed_at = CASE WHEN $6 = 'completed' THEN now() END
+    WHERE uuid = $1::uuid AND connection_uuid = $2::uuid]], tname(self, "transfers")),
+    uuid, conn_uuid, page.count, page.requested, page.bytes, page.status)
+  if not rows then return nil, "store_failed", { message = err } end
+  return true
 end
 
 --- Transfers, newest first: filter `{connection_uuid=, table_name=, direction=, status=, limit=}`.

@@ -37,12 +37,12 @@ end
 -- @return names, explicit order (true when the policy decided it), or nil, err
 local function choose_tables(policy, list, conn, opts)
   if opts.tables then return opts.tables, false end
-  local present, ok, names = policy_mod.call(policy, "tables", list, conn)
-  if not present then
+  if not policy_mod.has(policy, "tables") then
     local all = {}
     for _, t in ipairs(list) do all[#all + 1] = t.name end
     return all, false
   end
+  local ok, names = policy_mod.call(policy, "tables", list, conn)
   if not ok then return nil, names end
   if type(names) ~= "table" then return nil, "hook tables: must return an array of table names" end
   for _, n in ipairs(names) do
@@ -55,32 +55,30 @@ local function table_options(policy, conn, opts)
   return function(name)
     local strategy = opts.strategy
     if not strategy then
-      local present, ok, s = policy_mod.call(policy, "strategy", name, conn)
-      if present and not ok then return nil, s end
-      strategy = present and s or nil
+      local ok, s = policy_mod.call(policy, "strategy", name, conn)
+      if not ok then return nil, s end
+      strategy = s
     end
     if not strategy then
       strategy = type(conn.default_conflict_strategy) == "string" and conn.default_conflict_strategy or "skip"
     end
-    if strategy == "custom" and not policy.resolve then
-      return nil, "strategy custom for " .. name .. " needs a resolve hook"
-    end
-    local o = { conflict_strategy = strategy }
-    if policy.transform then
-      o.transform = function(row) return policy.transform(name, row, conn) end
-    end
+    local o = { conflict_strategy = strategy, transform = policy_mod.transformer(policy, name, conn) }
     if strategy == "custom" then
-      o.resolve = function(l, r) return policy.resolve(name, l, r, conn) end
+      o.resolve = policy_mod.resolver(policy, name, conn)
+      if not o.resolve then return nil, "strategy custom for " .. name .. " needs a resolve hook" end
     end
     return o
   end
 end
 
+--- The progress callback: the caller's, then the policy's (a failing
+-- policy hook stops the table like a failing caller's callback).
 local function progress_hook(policy, opts)
-  if not policy.on_progress and not opts.on_progress then return nil end
+  if not policy_mod.has(policy, "on_progress") and not opts.on_progress then return nil end
   return function(event)
     if opts.on_progress then opts.on_progress(event) end
-    if policy.on_progress then policy.on_progress(event) end
+    local ok, err = policy_mod.call(policy, "on_progress", event)
+    if not ok then error(err, 0) end
   end
 end
 

@@ -86,4 +86,35 @@ function _M.excerpt(body)
   return s
 end
 
+--- The peer's `error` text from a JSON answer, if it sent one.
+function _M.peer_error(res)
+  local body = res.json
+  if type(body) == "table" and type(body.error) == "string" then return body.error end
+  return nil
+end
+
+--- What an error detail says of an HTTP answer.
+function _M.status_detail(res)
+  return { http_status = res.status, message = _M.peer_error(res), body = _M.excerpt(res.body),
+           error_code = type(res.json) == "table" and res.json.error_code or nil }
+end
+
+local DATA_STATUS = {
+  [401] = "unauthorized",
+  [403] = "forbidden",
+  [429] = "rate_limited",
+  [503] = "disabled",
+}
+
+--- Map a non-200 answer of a data endpoint to nil, err, detail: one
+-- mapping for the control path and the importer.
+-- @param res `{status=, json=, body=}`
+-- @param not_found the error word for a 404
+function _M.data_failure(res, not_found)
+  local d = _M.status_detail(res)
+  if res.status == 404 then return nil, not_found, d end
+  if res.status == 400 and type(d.error_code) == "string" then return nil, d.error_code, d end
+  return nil, DATA_STATUS[res.status] or "unexpected_response", d
+end
+
 return _M
