@@ -131,25 +131,25 @@ local function new_http(self)
   }
 end
 
---- The client's HTTP handle (created on first use, reused: keep-alive).
-function Client:http()
-  local h = self._http
+--- The handle kept in `field`, made on first use and reused (keep-alive).
+local function kept_http(self, field)
+  local h = self[field]
   if not h then
     h = new_http(self)
-    self._http = h
+    self[field] = h
   end
   return h
+end
+
+--- The client's HTTP handle.
+function Client:http()
+  return kept_http(self, "_http")
 end
 
 --- A second HTTP handle, for the importer's prefetch thread only (it
 -- fetches the next page while the first handle's page is imported).
 function Client:prefetch_http()
-  local h = self._prefetch_http
-  if not h then
-    h = new_http(self)
-    self._prefetch_http = h
-  end
-  return h
+  return kept_http(self, "_prefetch_http")
 end
 
 --- The pksync features a peer offers (GET status: `pksync.features`), as a
