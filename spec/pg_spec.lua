@@ -37,6 +37,17 @@ describe("pksync.core pg", function()
     assert.equals('{"x": 1}', r.j)
   end)
 
+  it("tells a live transaction from one an error aborted", function()
+    assert.equals("idle", db:transaction_status())
+    assert(db:exec("BEGIN"))
+    assert.equals("in_transaction", db:transaction_status())
+    assert.is_nil(db:exec("SELECT 1/0"))
+    assert.equals("failed", db:transaction_status())
+    -- COMMIT of an aborted transaction "succeeds" as a ROLLBACK: the reason to ask first
+    assert(db:exec("COMMIT"))
+    assert.equals("idle", db:transaction_status())
+  end)
+
   it("passes every value as a parameter, never spliced", function()
     local evil = "x'); DROP TABLE t; --"
     local rows = assert(db:query("SELECT $1::text AS s, $2::int8 AS i, $3::bool AS b, $4::text AS n",

@@ -187,6 +187,26 @@ describe("pull_table_data", function()
     assert.equals(120, r.records_imported)
   end)
 
+  it("reports atomic_failed and keeps nothing when the final COMMIT is refused", function()
+    sql_b([[TRUNCATE items;
+      CREATE FUNCTION refuse_seven() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.id = 7 THEN RAISE EXCEPTION 'row seven is refused at commit'; END IF; RETURN NULL; END $$;
+      CREATE CONSTRAINT TRIGGER seven_at_commit AFTER INSERT OR UPDATE ON items
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_seven();]])
+    local none, err, detail = b.client:pull_table_data(recv, "items", { atomic = true })
+    assert.is_nil(none)
+    assert.equals("atomic_failed", err)
+    assert.matches("commit was refused[^\n]*row seven is refused", detail.message)
+    assert.equals(0, detail.result.records_failed)
+    assert.equals(0, detail.result.records_imported)
+    assert.equals("0", sql_b("SELECT count(*) FROM items"))
+    local t = assert(b.client:list_transfers { table_name = "items", direction = "receive", limit = 1 })[1]
+    assert.equals("failed", t.status)
+    assert.equals("atomic_failed", t.error_message)
+    sql_b("DROP TRIGGER seven_at_commit ON items; DROP FUNCTION refuse_seven()")
+    assert.equals("idle", b.client:database():transaction_status())
+  end)
+
   it("reports remote columns the local table lacks, and never uses them", function()
     sql_b([[DROP TABLE items; CREATE TABLE items (id bigint PRIMARY KEY, name text, extra text DEFAULT 'local')]])
     local r = assert(b.client:pull_table_data(recv, "items"))

@@ -427,6 +427,19 @@ static int l_in_transaction(lua_State *L) {
     return 1;
 }
 
+/* db:transaction_status() -> "idle" | "active" | "in_transaction" |
+ * "failed" (inside a transaction that an error aborted: COMMIT would only
+ * roll it back) | "unknown" (the connection is bad). */
+static int l_transaction_status(lua_State *L) {
+    static const char *const names[] = {
+        [PQTRANS_IDLE] = "idle", [PQTRANS_ACTIVE] = "active", [PQTRANS_INTRANS] = "in_transaction",
+        [PQTRANS_INERROR] = "failed", [PQTRANS_UNKNOWN] = "unknown",
+    };
+    PGTransactionStatusType st = PQtransactionStatus(check_handle(L, 1)->conn);
+    lua_pushstring(L, (unsigned)st < sizeof names / sizeof names[0] && names[st] ? names[st] : "unknown");
+    return 1;
+}
+
 /* db:backend_pid() -> pid of the server process (for tests and logs). */
 static int l_backend_pid(lua_State *L) {
     lua_pushinteger(L, PQbackendPID(check_handle(L, 1)->conn));
@@ -443,6 +456,7 @@ static int l_tostring(lua_State *L) {
 static const luaL_Reg pg_methods[] = {
     {"query", l_query},
     {"exec", l_exec},
+    {"transaction_status", l_transaction_status},
     {"copy_in", l_copy_in},
     {"escape_identifier", l_escape_identifier},
     {"is_open", l_is_open},

@@ -326,6 +326,35 @@ local function prepare(self, conn, table_name, opts)
   return { db = db, plan = p, strategy = strategy, local_names = local_names }
 end
 
+--- Commit an atomic pull when everything arrived and no row failed, else
+-- roll it back. A COMMIT that fails (a deferred constraint, say) or that
+-- would only roll back an aborted transaction means nothing was kept.
+local function end_atomic(ctx, ok, err, detail)
+  local r, db = ctx.result, ctx.db
+  local why
+  if not ok then
+    db:exec("ROLLBACK")
+  elseif r.records_failed > 0 then
+    db:exec("ROLLBACK")
+    why = { message = "rows failed: " .. tostring(r.error_sample) }
+  elseif db:transaction_status() ~= "in_transaction" then
+    db:exec("ROLLBACK")
+    why = { message = "the commit was refused: the transaction had failed" }
+  else
+    local done, cerr, cdetail = db:exec("COMMIT")
+    if not done then
+      db:exec("ROLLBACK")
+      why = { message = "the commit was refused: " .. tostring(cerr),
+              sqlstate = type(cdetail) == "table" and cdetail.sqlstate or nil }
+    end
+  end
+  if why then
+    for _, k in ipairs { "records_imported", "records_updated", "records_skipped" } do r[k] = 0 end
+    return nil, "atomic_failed", why
+  end
+  return ok, err, detail
+end
+
 local function finish(self, ctx, ok, err, detail)
   local r = ctx.result
   r.seconds = (now() - ctx.started) / 1000
@@ -335,12 +364,7 @@ local function finish(self, ctx, ok, err, detail)
   r.unknown_columns = unknown
   if ctx.importer then ctx.importer:close() end
   if ctx.opts.atomic then
-    local commit = ok and r.records_failed == 0
-    ctx.db:exec(commit and "COMMIT" or "ROLLBACK")
-    if ok and not commit then
-      ok, err, detail = nil, "atomic_failed", { message = "rows failed: " .. tostring(r.error_sample) }
-      for _, k in ipairs { "records_imported", "records_updated", "records_skipped" } do r[k] = 0 end
-    end
+    ok, err, detail = end_atomic(ctx, ok, err, detail)
   end
   if ctx.drop_stage then ctx.db:exec(ctx.drop_stage) end
   if ok then
