@@ -243,9 +243,14 @@ describe("faults against a real pksync sender", function()
     local t = latest_transfer(b.client, "locked")
     assert.equals("failed", t.status)
     assert.equals("lock_timeout", t.error_message)
+    -- the timeout was the import's own: the shared session keeps its setting
+    local db = assert(b.client:database())
+    local before = db:query("SHOW lock_timeout")[1].lock_timeout
     local r = assert(b.client:pull_table_data(recv, "locked", { lock_timeout = 500 }))
     assert.equals(6000, r.records_imported)
     assert.equals(helper.fingerprint(a.dbname, "locked"), helper.fingerprint(b.dbname, "locked"))
+    assert.equals(before, db:query("SHOW lock_timeout")[1].lock_timeout)
+    assert.equals("0", before)
 
     -- a lock taken between pages: the pages before it stay, reported as such
     sql_b("TRUNCATE locked")

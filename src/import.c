@@ -117,6 +117,7 @@ typedef struct importer {
     char *array_key;
     size_t batch_rows, max_row_bytes;
     int64_t next_row;          /* staging row numbers, increasing across pages */
+    char lock_timeout[24];     /* "<ms>ms" for the page's transaction, "" for the session's */
     page pg;
     prefetch pf;
     next_page next;            /* valid during run_page only */
@@ -676,11 +677,24 @@ static void page_free(page *pg) {
     pg->cap_lines = 0;
 }
 
+/* lock_timeout for the rest of the current transaction only (the
+ * connection may be shared: the session's own setting is left alone). */
+static int set_local_lock_timeout(page *pg, const char *value) {
+    const char *params[1] = {value};
+    PGresult *res = PQexecParams(pg->conn, "SELECT set_config('lock_timeout', $1, true)", 1, NULL, params,
+                                 NULL, NULL, 0);
+    int ok = res && PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!ok) fatal_from(pg, res, "setting lock_timeout");
+    PQclear(res);
+    return ok;
+}
+
 /* Open the page's transaction (or savepoint inside the caller's). */
 static int page_begin(importer *imp, int *own_tx) {
     page *pg = &imp->pg;
     *own_tx = PQtransactionStatus(pg->conn) == PQTRANS_IDLE;
     if (!exec_ok(pg, *own_tx ? "BEGIN" : "SAVEPOINT pksync_page")) return 0;
+    if (imp->lock_timeout[0] && !set_local_lock_timeout(pg, imp->lock_timeout)) return 0;
     if (imp->clear_sql && !exec_ok(pg, imp->clear_sql)) return 0;
     reset_batch(imp);
     return 1;
@@ -791,6 +805,18 @@ static size_t size_field(lua_State *L, int tbl, const char *field, size_t def, s
     return (size_t)n;
 }
 
+/* The optional lock_timeout field (ms) as set_config's text into out. */
+static void lock_timeout_field(lua_State *L, int tbl, char *out, size_t size) {
+    lua_getfield(L, tbl, "lock_timeout");
+    out[0] = '\0';
+    if (!lua_isnil(L, -1)) {
+        lua_Number ms = luaL_checknumber(L, -1);
+        if (!(ms >= 1 && ms <= 2147483647)) luaL_error(L, "importer_new: lock_timeout out of range");
+        snprintf(out, size, "%ldms", (long)ms);
+    }
+    lua_pop(L, 1);
+}
+
 /* A statement table {sql=, params={...}} at the stack top into *st (the
  * importer already owns st, so a raise here leaks nothing). */
 static void read_stmt(lua_State *L, struct stmt *st) {
@@ -875,8 +901,9 @@ static int function_ref(lua_State *L, int tbl, const char *field) {
 
 /* importer_new(spec) -> importer. spec: columns ({name, kind, elem_kind,
  * elem_delim}...), copy, clear, apply ({sql, params}), pre ({sql, params}...),
- * batch_rows, array_key, max_row_bytes, first_row, transform (function(row)
- * -> row | nil), after_batch (function(first, last) -> rows changed). Without
+ * batch_rows, array_key, max_row_bytes, first_row, lock_timeout (ms, for
+ * each page's transaction only), transform (function(row) -> row | nil),
+ * after_batch (function(first, last) -> rows changed). Without
  * apply, rows are COPYed straight into the copy statement's table. */
 static int l_importer_new(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -893,6 +920,7 @@ static int l_importer_new(lua_State *L) {
     imp->batch_rows = size_field(L, 1, "batch_rows", 10000, 10000000);
     imp->max_row_bytes = size_field(L, 1, "max_row_bytes", 64u << 20, (size_t)1 << 31);
     imp->next_row = (int64_t)size_field(L, 1, "first_row", 1, (size_t)1 << 52);
+    lock_timeout_field(L, 1, imp->lock_timeout, sizeof imp->lock_timeout);
     imp->plan = pk_rowplan_new(imp->cols, imp->ncols);
     if (!imp->plan) return luaL_error(L, "pksync: out of memory");
     imp->transform_ref = function_ref(L, 1, "transform");

@@ -250,14 +250,15 @@ end
 
 --- The importer spec (core.importer_new) for a plan.
 -- @param direct COPY straight into the target (first pull into an empty table)
-function _M.importer_spec(p, direct, array_key, batch_rows, first_row, hooks)
+-- @param extra `{transform=, after_batch=, lock_timeout=}` for the importer
+function _M.importer_spec(p, direct, array_key, batch_rows, first_row, extra)
   local columns = {}
   for i, c in ipairs(p.columns) do
     columns[i] = { name = c.name, kind = c.kind, elem_kind = c.elem_kind, elem_delim = c.elem_delim }
   end
-  hooks = hooks or {}
+  extra = extra or {}
   local spec = { columns = columns, array_key = array_key, batch_rows = batch_rows, first_row = first_row,
-                 transform = hooks.transform, after_batch = hooks.after_batch }
+                 transform = extra.transform, after_batch = extra.after_batch, lock_timeout = extra.lock_timeout }
   if direct then
     spec.copy = str_format("COPY %s (%s) FROM STDIN", p.target, list(p.column_names))
   else

@@ -280,6 +280,23 @@ local function resolver(ctx, resolve)
   end
 end
 
+--- Run fn() with the import's lock_timeout for its statements only: inside
+-- the caller's transaction (an atomic pull) until that ends, otherwise in a
+-- transaction of its own, so the shared session's setting never changes.
+-- @return fn's results (nil, err, detail when the setting failed)
+local function with_lock_timeout(ctx, fn)
+  local db = ctx.db
+  local own = not db:in_transaction()
+  if own then
+    local ok, e, d = db:exec("BEGIN")
+    if not ok then return nil, e, d end
+  end
+  local a, b, c = db:query("SELECT set_config('lock_timeout', $1, true)", ctx.lock_timeout .. "ms")
+  if a then a, b, c = fn() end
+  if own then db:exec(a ~= nil and "COMMIT" or "ROLLBACK") end
+  return a, b, c
+end
+
 local stage_counter = 0
 local function stage_suffix()
   stage_counter = stage_counter + 1
@@ -307,10 +324,6 @@ local function prepare(self, conn, table_name, opts)
   local db
   db, err, detail = self:database()
   if not db then return nil, err, detail end
-  -- an import waits this long for a lock on its table, then fails cleanly
-  local ok, lerr = db:query("SELECT set_config('lock_timeout', $1, false)",
-    tostring(math.floor(opts.lock_timeout or self.lock_timeout)) .. "ms")
-  if not ok then return nil, "database_error", { message = lerr } end
   -- the local side first: refuse before any request
   local facts
   facts, err, detail = plan.inspect(db, self.schema, table_name, strategy)
@@ -410,7 +423,9 @@ function _M.pull_table_data(self, conn, table_name, opts)
   if not prep then return nil, err, detail end
   local db, p = prep.db, prep.plan
   local ctx = { conn = conn, table = table_name, opts = opts, db = db, plan = p, strategy = prep.strategy,
-                started = now(), result = new_result(table_name, prep.strategy), local_names = prep.local_names }
+                started = now(), result = new_result(table_name, prep.strategy), local_names = prep.local_names,
+                -- an import waits this long for a lock on its table, then fails cleanly
+                lock_timeout = math.floor(opts.lock_timeout or self.lock_timeout) }
   local features = self:peer_features(conn)
   -- pksync senders page to the end by themselves; the count only feeds
   -- progress there. Plain senders need it to tell a full table from a cut one.
@@ -431,7 +446,7 @@ function _M.pull_table_data(self, conn, table_name, opts)
   local direct = false
   if features.paged_pull and not ctx.cursor and opts.direct ~= false then
     local derr, ddetail
-    direct, derr, ddetail = plan.direct_ok(db, p)
+    direct, derr, ddetail = with_lock_timeout(ctx, function() return plan.direct_ok(db, p) end)
     if direct == nil then
       local state = ddetail and ddetail.sqlstate
       return finish(self, ctx, nil, state == "55P03" and "lock_timeout" or "database_error",
@@ -440,7 +455,7 @@ function _M.pull_table_data(self, conn, table_name, opts)
   end
   if not direct then
     local create, drop = plan.stage(p, stage_suffix())
-    local ok, e, d = db:exec(create)
+    local ok, e, d = with_lock_timeout(ctx, function() return db:exec(create) end)
     if not ok then
       -- the staging table copies the target's columns: a lock on the target stops it here
       local state = type(d) == "table" and d.sqlstate or nil
@@ -451,9 +466,9 @@ function _M.pull_table_data(self, conn, table_name, opts)
   end
   -- COPY straight into the target needs no apply step: a batch is a page
   local batch = opts.batch_rows or (direct and opts.page_size) or DEFAULT_BATCH_ROWS
-  local hooks = { transform = opts.transform,
-                  after_batch = opts.resolve and resolver(ctx, opts.resolve) }
-  ctx.spec = function(array_key) return plan.importer_spec(p, direct, array_key, batch, nil, hooks) end
+  local extra = { transform = opts.transform, after_batch = opts.resolve and resolver(ctx, opts.resolve),
+                  lock_timeout = ctx.lock_timeout }
+  ctx.spec = function(array_key) return plan.importer_spec(p, direct, array_key, batch, nil, extra) end
   ctx.importer = core.importer_new(ctx.spec("data"))
   local ok
   if features.paged_pull then
