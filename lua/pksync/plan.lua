@@ -158,18 +158,27 @@ local function remap_statements(p)
   return out
 end
 
---- Statements of the custom strategy's resolve step: the pairs (local row,
--- remote row) of staged rows whose key exists locally, and the update that
--- writes the row the hook chose. Rows travel as JSON and come back through
--- jsonb_populate_record, so every column keeps its exact type.
+--- Statements of the custom strategy's resolve step. The first reads the
+-- staged rows whose key exists locally: the local row, the remote row and
+-- the local row's key, each as JSON text. The second writes every row the
+-- hook chose with one update per batch; its parameter is a JSON array of
+-- [chosen row, local key] pairs, read back through json_populate_record so
+-- every column keeps its exact type (json, not jsonb: numbers keep their
+-- text and nothing is converted twice). The pairs are materialized so each
+-- is read once, not once per column.
 function _M.resolve_statements(p)
-  local staged = list(p.column_names, "x.")
-  local pairs_sql = str_format("SELECT to_jsonb(t)::text AS local_row, (to_jsonb(s) - '%s')::text AS remote_row " ..
-    "FROM %s s JOIN %s t ON %s WHERE s.%s BETWEEN $1 AND $2 ORDER BY s.%s",
-    ROW, p.stage, p.target, key_join(p.key_names, "t", "s"), ROW, ROW)
-  local update_sql = str_format("UPDATE %s t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1::jsonb) x) " ..
-    "WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2::jsonb) y)",
-    p.target, list(p.column_names), staged, p.target, list(p.key_names, "t."), list(p.key_names, "y."), p.target)
+  local pairs_sql = str_format("SELECT row_to_json(t)::text AS local_row, row_to_json(r)::text AS remote_row, " ..
+    "row_to_json(k)::text AS local_key FROM %s s JOIN %s t ON %s CROSS JOIN LATERAL (SELECT %s) r " ..
+    "CROSS JOIN LATERAL (SELECT %s) k WHERE s.%s BETWEEN $1 AND $2 ORDER BY s.%s",
+    p.stage, p.target, key_join(p.key_names, "t", "s"), list(p.column_names, "s."), list(p.key_names, "t."),
+    ROW, ROW)
+  local sets, keys = {}, {}
+  for i, c in ipairs(p.column_names) do sets[i] = str_format("%s = (c.chosen).%s", q(c), q(c)) end
+  for i, c in ipairs(p.key_names) do keys[i] = str_format("t.%s = (c.old).%s", q(c), q(c)) end
+  local update_sql = str_format("WITH c AS MATERIALIZED (SELECT json_populate_record(NULL::%s, e->0) AS chosen, " ..
+    "json_populate_record(NULL::%s, e->1) AS old FROM json_array_elements($1::json) e) " ..
+    "UPDATE %s t SET %s FROM c WHERE %s",
+    p.target, p.target, p.target, tbl_concat(sets, ", "), tbl_concat(keys, " AND "))
   return pairs_sql, update_sql
 end
 

@@ -15,6 +15,7 @@ local transport = require "pksync.transport"
 local type, ipairs, pairs, pcall, error, tostring = type, ipairs, pairs, pcall, error, tostring
 local setmetatable = setmetatable
 local str_format = string.format
+local tbl_concat = table.concat
 local json_encode, json_decode = core.json_encode, core.json_decode
 local now = core.monotonic_ms
 
@@ -255,28 +256,45 @@ local function check_args(conn, table_name, opts)
   if opts ~= nil and type(opts) ~= "table" then error("bad argument #3 to 'pull_table_data' (table expected)", 3) end
 end
 
+--- Whether the hook handed back the local row as it was: the same table
+-- with the same fields (a hook may edit the local row in place and return it).
+local function unchanged_local(keep, local_row, before)
+  if keep ~= local_row then return false end
+  for k, v in pairs(keep) do
+    if before[k] ~= v then return false end
+  end
+  for k in pairs(before) do
+    if keep[k] == nil then return false end
+  end
+  return true
+end
+
 --- The custom strategy's resolve step for a batch of staged rows: the hook
 -- sees (local_row, remote_row) for every key that exists locally and returns
--- the row to keep; a row other than the local one is written. Runs inside
--- the page's transaction; an error stops the table (reported as "resolve").
+-- the row to keep (nil or the untouched local row keep it as it is); the
+-- chosen rows are written by one update for the batch. Runs inside the
+-- page's transaction; an error stops the table (reported as "resolve").
 local function resolver(ctx, resolve)
   local pairs_sql, update_sql = plan.resolve_statements(ctx.plan)
   local db = ctx.db
   return function(first, last)
     local rows, err = db:query(pairs_sql, first, last)
     if not rows then error("reading conflicting rows: " .. tostring(err), 0) end
-    local changed = 0
+    local chosen = {}
     for _, r in ipairs(rows) do
       local local_row = json_decode(r.local_row)
+      local before = {}
+      for k, v in pairs(local_row) do before[k] = v end
       local keep = resolve(local_row, json_decode(r.remote_row))
-      if keep ~= nil and keep ~= local_row then
+      if keep ~= nil and not unchanged_local(keep, local_row, before) then
         if type(keep) ~= "table" then error("must return a row table or nil", 0) end
-        local ok, uerr = db:query(update_sql, json_encode(keep), r.local_row)
-        if not ok then error("writing the resolved row: " .. tostring(uerr), 0) end
-        changed = changed + 1
+        chosen[#chosen + 1] = "[" .. json_encode(keep) .. "," .. r.local_key .. "]"
       end
     end
-    return changed
+    if #chosen == 0 then return 0 end
+    local ok, uerr = db:query(update_sql, "[" .. tbl_concat(chosen, ",") .. "]")
+    if not ok then error("writing the resolved rows: " .. tostring(uerr), 0) end
+    return #chosen
   end
 end
 
