@@ -159,14 +159,18 @@ local function remap_statements(p)
 end
 
 --- Statements of the custom strategy's resolve step: the pairs (local row,
--- remote row) of staged rows whose key exists locally, and the update that
--- writes the row the hook chose. Rows travel as JSON and come back through
--- jsonb_populate_record, so every column keeps its exact type.
+-- remote row) of staged rows whose key exists locally with other values in
+-- the sent columns (a row the apply has just inserted is no conflict), and
+-- the update that writes the row the hook chose. Rows travel as JSON and
+-- come back through jsonb_populate_record, so every column keeps its exact type.
 function _M.resolve_statements(p)
   local staged = list(p.column_names, "x.")
+  local as_text = {}
+  for i, n in ipairs(p.column_names) do as_text[i] = q(n) .. "::text" end
   local pairs_sql = str_format("SELECT to_jsonb(t)::text AS local_row, (to_jsonb(s) - '%s')::text AS remote_row " ..
-    "FROM %s s JOIN %s t ON %s WHERE s.%s BETWEEN $1 AND $2 ORDER BY s.%s",
-    ROW, p.stage, p.target, key_join(p.key_names, "t", "s"), ROW, ROW)
+    "FROM %s s JOIN %s t ON %s WHERE s.%s BETWEEN $1 AND $2 AND (t.%s) IS DISTINCT FROM (s.%s) ORDER BY s.%s",
+    ROW, p.stage, p.target, key_join(p.key_names, "t", "s"), ROW,
+    tbl_concat(as_text, ", t."), tbl_concat(as_text, ", s."), ROW)
   local update_sql = str_format("UPDATE %s t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1::jsonb) x) " ..
     "WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2::jsonb) y)",
     p.target, list(p.column_names), staged, p.target, list(p.key_names, "t."), list(p.key_names, "y."), p.target)
