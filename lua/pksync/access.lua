@@ -8,38 +8,110 @@
 local util = require "pksync.util"
 
 local tonumber, tostring, type, ipairs = tonumber, tostring, type, ipairs
-local str_format, str_match, str_lower = string.format, string.match, string.lower
+local str_match, str_find, str_gmatch, str_sub = string.match, string.find, string.gmatch, string.sub
 local math_floor = math.floor
 
 local _M = {}
 
---- Parse dotted IPv4 into a 32-bit number, or nil.
+-- Addresses are arrays of units: IPv4 four 8-bit octets, IPv6 eight 16-bit
+-- groups. `width` is the unit size in bits.
+
+--- Dotted IPv4 (four decimal octets 0..255, no leading zeros) as octets, or nil.
 local function ipv4(s)
-  local a, b, c, d = str_match(s, "^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
-  if not a then return nil end
-  local n = 0
-  for _, part in ipairs { a, b, c, d } do
+  local parts = { str_match(s, "^(%d+)%.(%d+)%.(%d+)%.(%d+)$") }
+  if #parts ~= 4 then return nil end
+  for i, part in ipairs(parts) do
     local v = tonumber(part)
-    if v > 255 or #part > 3 then return nil end
-    n = n * 256 + v
+    if #part > 3 or v > 255 or (#part > 1 and str_sub(part, 1, 1) == "0") then return nil end
+    parts[i] = v
   end
-  return n
+  return parts
 end
 
---- True when address `ip` matches whitelist entry `entry` (an address or,
--- for IPv4, a CIDR block). IPv6 entries match exactly (case-insensitive).
+--- Hex groups of one side of "::" (may be empty); an IPv4 tail counts as two.
+local function hex_groups(s, out, allow_v4_tail)
+  if s == "" then return true end
+  local fields, n = {}, 0
+  for f in str_gmatch(s .. ":", "([^:]*):") do
+    n = n + 1
+    fields[n] = f
+  end
+  for i, f in ipairs(fields) do
+    local quad = i == n and allow_v4_tail and str_find(f, ".", 1, true) and ipv4(f)
+    if quad then
+      out[#out + 1] = quad[1] * 256 + quad[2]
+      out[#out + 1] = quad[3] * 256 + quad[4]
+    elseif str_match(f, "^%x%x?%x?%x?$") then
+      out[#out + 1] = tonumber(f, 16)
+    else
+      return false
+    end
+  end
+  return true
+end
+
+--- IPv6 text (RFC 4291: hex groups, one "::", optional dotted IPv4 tail)
+-- as eight groups, or nil. Zone ids ("%eth0") are not accepted.
+local function ipv6(s)
+  if not str_find(s, ":", 1, true) or str_find(s, "[^%x:%.]") or #s > 45 then return nil end
+  local head, tail = str_match(s, "^(.-)::(.*)$")
+  local groups = {}
+  if not head then
+    if not hex_groups(s, groups, true) or #groups ~= 8 then return nil end
+    return groups
+  end
+  if str_find(tail, "::", 1, true) then return nil end
+  local back = {}
+  if not hex_groups(head, groups, false) or not hex_groups(tail, back, true) then return nil end
+  if #groups + #back > 7 then return nil end
+  for _ = #groups + #back + 1, 8 do groups[#groups + 1] = 0 end
+  for _, g in ipairs(back) do groups[#groups + 1] = g end
+  return groups
+end
+
+--- An address as units and the unit width, or nil.
+local function parse_address(s)
+  local v4 = ipv4(s)
+  if v4 then return v4, 8 end
+  local v6 = ipv6(s)
+  if v6 then return v6, 16 end
+  return nil
+end
+
+--- True when the first `bits` bits of a and b (same family) are equal.
+local function same_prefix(a, b, bits, width)
+  for i = 1, #a do
+    if bits <= 0 then return true end
+    if bits >= width then
+      if a[i] ~= b[i] then return false end
+    else
+      local size = 2 ^ (width - bits)
+      return math_floor(a[i] / size) == math_floor(b[i] / size)
+    end
+    bits = bits - width
+  end
+  return true
+end
+
+--- True when address `ip` matches whitelist entry `entry`: an IPv4 or IPv6
+-- address ("192.0.2.7", "2001:db8::1", "::1") or CIDR block ("10.0.0.0/8",
+-- "2001:db8::/32"). Addresses compare by value, so every spelling of an
+-- IPv6 address matches. Malformed entries, prefixes beyond the family's
+-- length and an address of the other family never match; nothing raises.
+-- @tparam string ip the peer's address
+-- @tparam string entry one whitelist entry
+-- @treturn boolean
 function _M.ip_matches(ip, entry)
   if type(ip) ~= "string" or type(entry) ~= "string" then return false end
-  local net, bits = str_match(entry, "^([^/]+)/(%d+)$")
-  local addr = ipv4(ip)
-  if net and addr then
-    local base, prefix = ipv4(net), tonumber(bits)
-    if not base or prefix > 32 then return false end
-    local size = 2 ^ (32 - prefix)
-    return math_floor(addr / size) == math_floor(base / size)
-  end
-  if addr then return addr == ipv4(entry) end
-  return str_lower(ip) == str_lower(entry)
+  local addr, width = parse_address(ip)
+  if not addr then return false end
+  local net, bits = str_match(entry, "^([^/]+)/(%d%d?%d?)$")
+  local base, base_width = parse_address(net or entry)
+  if not base or base_width ~= width then return false end
+  local len = #addr * width
+  local prefix = bits and tonumber(bits) or len
+  if prefix > len then return false end
+  return same_prefix(addr, base, prefix, width)
 end
 
 local function ip_allowed(whitelist, ip)

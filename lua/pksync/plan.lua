@@ -159,19 +159,25 @@ local function remap_statements(p)
 end
 
 --- Statements of the custom strategy's resolve step. The first reads the
--- staged rows whose key exists locally: the local row, the remote row and
--- the local row's key, each as JSON text. The second writes every row the
+-- staged rows whose key exists locally with other values in the sent
+-- columns (a row the apply has just inserted is no conflict, nor is one
+-- equal to the local row): the local row, the remote row and the local
+-- row's key, each as JSON text. The second writes every row the
 -- hook chose with one update per batch; its parameter is a JSON array of
 -- [chosen row, local key] pairs, read back through json_populate_record so
 -- every column keeps its exact type (json, not jsonb: numbers keep their
 -- text and nothing is converted twice). The pairs are materialized so each
 -- is read once, not once per column.
 function _M.resolve_statements(p)
+  -- compared as text: json columns have no equality operator
+  local as_text = {}
+  for i, n in ipairs(p.column_names) do as_text[i] = q(n) .. "::text" end
   local pairs_sql = str_format("SELECT row_to_json(t)::text AS local_row, row_to_json(r)::text AS remote_row, " ..
     "row_to_json(k)::text AS local_key FROM %s s JOIN %s t ON %s CROSS JOIN LATERAL (SELECT %s) r " ..
-    "CROSS JOIN LATERAL (SELECT %s) k WHERE s.%s BETWEEN $1 AND $2 ORDER BY s.%s",
+    "CROSS JOIN LATERAL (SELECT %s) k WHERE s.%s BETWEEN $1 AND $2 AND (t.%s) IS DISTINCT FROM (s.%s) " ..
+    "ORDER BY s.%s",
     p.stage, p.target, key_join(p.key_names, "t", "s"), list(p.column_names, "s."), list(p.key_names, "t."),
-    ROW, ROW)
+    ROW, tbl_concat(as_text, ", t."), tbl_concat(as_text, ", s."), ROW)
   local sets, keys = {}, {}
   for i, c in ipairs(p.column_names) do sets[i] = str_format("%s = (c.chosen).%s", q(c), q(c)) end
   for i, c in ipairs(p.key_names) do keys[i] = str_format("t.%s = (c.old).%s", q(c), q(c)) end
