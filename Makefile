@@ -1,6 +1,7 @@
 # pksync: one source tree, two builds of the C core (Lua 5.4 and LuaJIT 2.1).
 #
 #   make            build build/54/pksync/core.so and build/jit/pksync/core.so
+#                   (and pksync/testing.so beside each: test-only bindings)
 #   make test       install Debian deps, build, run the busted suite on both runtimes
 #   make deps       install the Debian packages (skipped when present)
 #   make bench      benchmarks (see bench/README.md)
@@ -28,9 +29,15 @@ OBJSJIT = $(SRCS:src/%.c=build/objjit/%.o)
 CORE54  = build/54/pksync/core.so
 COREJIT = build/jit/pksync/core.so
 
+# pksync.testing: bindings the specs use to drive the row converter directly
+# (src/testing/); linked against the core's objects, never installed.
+TESTING_SRCS = $(wildcard src/testing/*.c)
+TESTING54    = build/54/pksync/testing.so
+TESTINGJIT   = build/jit/pksync/testing.so
+
 .PHONY: all deps test test-54 test-jit bench demo clean install check-asan check-valgrind fuzz faults load
 
-all: $(CORE54) $(COREJIT)
+all: $(CORE54) $(COREJIT) $(TESTING54) $(TESTINGJIT)
 
 # V=1 shows the full compiler command lines.
 Q = $(if $(V),,@)
@@ -51,6 +58,26 @@ $(CORE54): $(OBJS54)
 	$(Q)$(CC) -shared -o $@ $^ $(LIBS)
 
 $(COREJIT): $(OBJSJIT)
+	@mkdir -p $(@D)
+	@$(if $(V),,echo "  LINK  $@")
+	$(Q)$(CC) -shared -o $@ $^ $(LIBS)
+
+build/obj54/testing/%.o: src/testing/%.c $(HDRS)
+	@mkdir -p $(@D)
+	@$(if $(V),,echo "  CC    $@")
+	$(Q)$(CC) $(CFLAGS_ALL) -I$(LUA_INCDIR) -c $< -o $@
+
+build/objjit/testing/%.o: src/testing/%.c $(HDRS)
+	@mkdir -p $(@D)
+	@$(if $(V),,echo "  CC    $@")
+	$(Q)$(CC) $(CFLAGS_ALL) -I$(LUAJIT_INCDIR) -c $< -o $@
+
+$(TESTING54): $(TESTING_SRCS:src/testing/%.c=build/obj54/testing/%.o) $(OBJS54)
+	@mkdir -p $(@D)
+	@$(if $(V),,echo "  LINK  $@")
+	$(Q)$(CC) -shared -o $@ $^ $(LIBS)
+
+$(TESTINGJIT): $(TESTING_SRCS:src/testing/%.c=build/objjit/testing/%.o) $(OBJSJIT)
 	@mkdir -p $(@D)
 	@$(if $(V),,echo "  LINK  $@")
 	$(Q)$(CC) -shared -o $@ $^ $(LIBS)

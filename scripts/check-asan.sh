@@ -3,7 +3,7 @@
 # default) against the C core built with AddressSanitizer + UBSan, leaks
 # included. Any sanitizer report fails the run and is printed.
 #
-#   build/asan54/pksync/core.so   the instrumented core (clang)
+#   build/asan54/pksync/core.so   the instrumented core (clang), testing.so beside it
 #   build/asan54/reports/         one file per report (log_path)
 #
 # clang rather than gcc: gcc -O1 raises -Wformat-truncation false alarms
@@ -46,6 +46,14 @@ done
 # shellcheck disable=SC2086
 "$cc" -shared $san -shared-libsan -Wl,-rpath,"$(dirname "$runtime")" -o "$out/pksync/core.so" \
   "$out"/obj/*.o $libs || give_up "link failed"
+mkdir -p "$out/obj/testing"
+for src in src/testing/*.c; do
+  # shellcheck disable=SC2086
+  "$cc" $cflags -c "$src" -o "$out/obj/testing/$(basename "$src" .c).o" || give_up "compile failed: $src"
+done
+# shellcheck disable=SC2086
+"$cc" -shared $san -shared-libsan -Wl,-rpath,"$(dirname "$runtime")" -o "$out/pksync/testing.so" \
+  "$out"/obj/testing/*.o "$out"/obj/*.o $libs || give_up "link failed: testing.so"
 "$cc" -shared -fPIC -O2 -o "$out/unpreload.so" scripts/asan-unpreload.c || give_up "unpreload.so failed"
 
 reports="$repo/$out/reports"

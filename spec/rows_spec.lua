@@ -2,6 +2,7 @@
 -- column kind, and the streaming scanner of pull-data / table-records
 -- bodies. Runs under Lua 5.4 and LuaJIT (no \u{} escapes, no integer ops).
 local core = require "pksync.core"
+local testing = require "pksync.testing"   -- rows_convert, rows_value, rows_scan (test-only module)
 
 local WRAP = "__phoenix_kit_binary__"
 
@@ -22,8 +23,8 @@ end
 -- and cross-check against the single-value entry point.
 local function conv(kind, json, extra)
   local col = column(kind, extra)
-  local line, err = core.rows_convert({ col }, '{"c":' .. json .. "}")
-  local v, verr = core.rows_value(col, json)
+  local line, err = testing.rows_convert({ col }, '{"c":' .. json .. "}")
+  local v, verr = testing.rows_value(col, json)
   if line then
     assert.equals("\n", line:sub(-1))
     line = line:sub(1, -2)
@@ -185,7 +186,7 @@ describe("rows: values by column kind", function()
     end)
 
     it("refuses booleans, objects and arrays, naming the column", function()
-      local line, err = core.rows_convert({ { name = "id", kind = "int" }, { name = "price", kind = "numeric" } },
+      local line, err = testing.rows_convert({ { name = "id", kind = "int" }, { name = "price", kind = "numeric" } },
         '{"id":1,"price":true}')
       assert.is_nil(line)
       assert.equals('column "price": a boolean cannot go into a numeric column', err)
@@ -357,31 +358,31 @@ describe("rows: row objects", function()
   }
 
   it("writes columns in plan order, whatever the key order", function()
-    local line, unknown = core.rows_convert(cols,
+    local line, unknown = testing.rows_convert(cols,
       '{"tags":["x"],"price":"1.5","na\195\175ve":false,"name":"n\\tm","id":7}')
     assert.equals('7\tn\\tm\t1.5\t{"x"}\tf\n', line)
     assert.same({}, unknown)
   end)
 
   it("writes \\N for absent columns and reports unknown keys", function()
-    local line, unknown = core.rows_convert(cols, '{"id":1,"extra":{"a":[1]},"other":2,"extra":3}')
+    local line, unknown = testing.rows_convert(cols, '{"id":1,"extra":{"a":[1]},"other":2,"extra":3}')
     assert.equals("1\t\\N\t\\N\t\\N\t\\N\n", line)
     assert.same({ "extra", "other" }, unknown)
-    line, unknown = core.rows_convert(cols, "{}")
+    line, unknown = testing.rows_convert(cols, "{}")
     assert.equals("\\N\t\\N\t\\N\t\\N\t\\N\n", line)
     assert.same({}, unknown)
-    line = core.rows_convert(cols, ' \n{ "id" : 1 } \n')
+    line = testing.rows_convert(cols, ' \n{ "id" : 1 } \n')
     assert.equals("1\t\\N\t\\N\t\\N\t\\N\n", line)
   end)
 
   it("matches keys after unescaping", function()
-    local line, unknown = core.rows_convert(cols, [[{"\u0069d":2,"na\u00efve":true,"n\u0061me":"x","pr\\ice":1}]])
+    local line, unknown = testing.rows_convert(cols, [[{"\u0069d":2,"na\u00efve":true,"n\u0061me":"x","pr\\ice":1}]])
     assert.equals("2\tx\t\\N\t\\N\tt\n", line)
     assert.same({ "pr\\ice" }, unknown)
   end)
 
   it("keeps the last of a repeated key", function()
-    assert.equals("2\t\\N\t\\N\t\\N\t\\N\n", (core.rows_convert(cols, '{"id":1,"id":2}')))
+    assert.equals("2\t\\N\t\\N\t\\N\t\\N\n", (testing.rows_convert(cols, '{"id":1,"id":2}')))
   end)
 
   it("remembers key positions across rows without mixing them up", function()
@@ -395,7 +396,7 @@ describe("rows: row objects", function()
       '[1]',
       '{"id":7,"name":"g","price":"7","tags":[],"na\195\175ve":true}',
     }
-    local lines, unknown, errs = core.rows_convert(cols, rows)
+    local lines, unknown, errs = testing.rows_convert(cols, rows)
     assert.same({
       "1\ta\t1\t{}\tt\n",
       "2\tb\t2\t{}\tf\n",
@@ -414,7 +415,7 @@ describe("rows: row objects", function()
   it("reports at most 64 distinct unknown keys", function()
     local parts = {}
     for i = 1, 70 do parts[#parts + 1] = ('"k%d":%d'):format(i, i) end
-    local line, unknown = core.rows_convert(cols, "{" .. table.concat(parts, ",") .. ',"id":9}')
+    local line, unknown = testing.rows_convert(cols, "{" .. table.concat(parts, ",") .. ',"id":9}')
     assert.equals("9\t\\N\t\\N\t\\N\t\\N\n", line)
     assert.equals(64, #unknown)
     assert.equals("k1", unknown[1])
@@ -422,30 +423,30 @@ describe("rows: row objects", function()
   end)
 
   it("gives the first of two same-named plan columns the value", function()
-    local line = core.rows_convert({ { name = "a", kind = "int" }, { name = "a", kind = "text" } }, '{"a":1}')
+    local line = testing.rows_convert({ { name = "a", kind = "int" }, { name = "a", kind = "text" } }, '{"a":1}')
     assert.equals("1\t\\N\n", line)
   end)
 
   it("refuses rows that are not objects or not JSON", function()
     for _, row in ipairs { "[1]", "1", '"x"', "", "  ", "null" } do
-      local line, err = core.rows_convert(cols, row)
+      local line, err = testing.rows_convert(cols, row)
       assert.is_nil(line)
       assert.equals("the row is not a JSON object", err)
     end
     for _, row in ipairs { '{"id":1,}', '{"id":1', '{"id" 1}', '{"id":1}x', '{"id":1}{}', "{id:1}",
       '{"zz":[1,}', '{"zz":tru}', '{"id":1 "name":"x"}', '{"a\\x":1}' } do
-      local line, err = core.rows_convert(cols, row)
+      local line, err = testing.rows_convert(cols, row)
       assert.is_nil(line, row)
       assert.matches("^invalid JSON at byte %d+: ", err)
     end
-    local line, err = core.rows_convert(cols, '{"id":tru}')
+    local line, err = testing.rows_convert(cols, '{"id":tru}')
     assert.is_nil(line)
     assert.equals('column "id": invalid JSON at byte 6: invalid literal', err)
   end)
 
   it("limits nesting in any value", function()
     local deep = ("["):rep(600) .. ("]"):rep(600)
-    local line, err = core.rows_convert(cols, '{"other":' .. deep .. "}")
+    local line, err = testing.rows_convert(cols, '{"other":' .. deep .. "}")
     assert.is_nil(line)
     assert.matches("nesting too deep", err)
   end)
@@ -477,7 +478,7 @@ describe("rows: COPY into PostgreSQL", function()
         { name = "a_j", kind = "array", elem_kind = "json" },
         { name = "a_box", kind = "array", elem_kind = "generic", elem_delim = ";" },
       }
-      local lines, _, errs = core.rows_convert(cols, {
+      local lines, _, errs = testing.rows_convert(cols, {
         [==[{"id":1,"tx":"h\u00e9 \"q\" \\ \n\t\r end","e":"happy","ts":"2025-12-15T18:56:59.387453Z","b":true,
           "i8":9223372036854775807,"f8":0.10000000149011612,"n":"12.50","j":{"a":[1,2.50,"x\\y\n"]},
           "js":{"z":1,  "a" : [true]},"by":"a\\b","u":]==] .. wrapper(U_B64) .. [==[,
@@ -522,7 +523,7 @@ end)
 -- The scanner -------------------------------------------------------------
 
 local function scan(chunks, key, max)
-  return core.rows_scan(chunks, key or "data", max)
+  return testing.rows_scan(chunks, key or "data", max)
 end
 
 -- All results of a scan, comparable with assert.same.
@@ -671,7 +672,7 @@ describe("rows: envelope scanner", function()
         local r = assert(scan(chunks), elem)
         assert.same({ '{"a":"ok"}', elem }, r.rows)
       end
-      assert.is_nil((core.rows_convert(cols, elem)), elem)
+      assert.is_nil((testing.rows_convert(cols, elem)), elem)
     end
   end)
 
@@ -721,7 +722,7 @@ describe("rows: envelope scanner", function()
     assert.equals(100000, r.envelope.rows)
     assert.equals(row:format(100000), r.rows[100000])
     assert.is_true(r.envelope.has_more)
-    local lines, _, errs = core.rows_convert({
+    local lines, _, errs = testing.rows_convert({
       { name = "id", kind = "int" }, { name = "uuid", kind = "uuid" }, { name = "name", kind = "text" },
       { name = "price", kind = "numeric" }, { name = "active", kind = "bool" },
       { name = "created_at", kind = "generic" }, { name = "tags", kind = "array", elem_kind = "text" },
@@ -734,17 +735,17 @@ describe("rows: envelope scanner", function()
   end)
 
   it("raises only for misuse", function()
-    assert.has_error(function() core.rows_scan("x", "data") end)
-    assert.has_error(function() core.rows_scan({}, nil) end)
-    assert.has_error(function() core.rows_scan({ 1 }, "data") end)
-    assert.has_error(function() core.rows_scan({}, "data", -1) end)
-    assert.has_error(function() core.rows_convert("x", "{}") end)
-    assert.has_error(function() core.rows_convert({ { kind = "text" } }, "{}") end)
-    assert.has_error(function() core.rows_convert({ { name = "a", kind = "nope" } }, "{}") end)
-    assert.has_error(function() core.rows_convert({ { name = "a" } }, false) end)
-    assert.has_error(function() core.rows_convert({ { name = "a" } }, { 1 }) end)
-    assert.has_error(function() core.rows_value({ name = "a", kind = "date" }, "1") end)
-    assert.has_error(function() core.rows_value({ name = "a" }) end)
+    assert.has_error(function() testing.rows_scan("x", "data") end)
+    assert.has_error(function() testing.rows_scan({}, nil) end)
+    assert.has_error(function() testing.rows_scan({ 1 }, "data") end)
+    assert.has_error(function() testing.rows_scan({}, "data", -1) end)
+    assert.has_error(function() testing.rows_convert("x", "{}") end)
+    assert.has_error(function() testing.rows_convert({ { kind = "text" } }, "{}") end)
+    assert.has_error(function() testing.rows_convert({ { name = "a", kind = "nope" } }, "{}") end)
+    assert.has_error(function() testing.rows_convert({ { name = "a" } }, false) end)
+    assert.has_error(function() testing.rows_convert({ { name = "a" } }, { 1 }) end)
+    assert.has_error(function() testing.rows_value({ name = "a", kind = "date" }, "1") end)
+    assert.has_error(function() testing.rows_value({ name = "a" }) end)
   end)
 end)
 
@@ -833,7 +834,7 @@ describe("rows: robustness", function()
         local elems = kind == "array" and kinds or { "text" }
         for _, ek in ipairs(elems) do
           local col = column(kind, { elem_kind = ek })
-          local ok, line, err = pcall(core.rows_convert, { col, { name = "d", kind = "text" } },
+          local ok, line, err = pcall(testing.rows_convert, { col, { name = "d", kind = "text" } },
             '{"c":' .. v .. ',"d":"x"}')
           assert.is_true(ok, line)
           if line then
@@ -847,7 +848,7 @@ describe("rows: robustness", function()
           else
             assert.is_string(err)
           end
-          local vok, text = pcall(core.rows_value, col, v)
+          local vok, text = pcall(testing.rows_value, col, v)
           assert.is_true(vok, text)
           assert.equals(line ~= nil, text ~= nil, v)
         end

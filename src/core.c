@@ -1,7 +1,9 @@
 /*
- * core.c - luaopen_pksync_core: the only exported symbol. Each concern
+ * core.c - luaopen_pksync_core (core.h): the only exported symbol. Each concern
  * registers its functions into one module table.
  */
+#include "core.h"
+
 #include "base64.h"
 #include "compat.h"
 #include "export.h"
@@ -10,12 +12,9 @@
 #include "json.h"
 #include "luax.h"
 #include "pg.h"
-#include "rows.h"
 #include "token.h"
 
 #include <time.h>
-
-PK_EXPORT int luaopen_pksync_core(lua_State *L);
 
 static double clock_ms(clockid_t id) {
     struct timespec ts;
@@ -52,8 +51,7 @@ int luaopen_pksync_core(lua_State *L) {
     pk_open_pg(L);
     pk_open_import(L);
     pk_open_export(L);
-    pk_open_rows(L);
-    lua_pushliteral(L, "0.1.0");
+    lua_pushliteral(L, PK_VERSION);
     lua_setfield(L, -2, "version");
     return 1;
 }

@@ -723,14 +723,9 @@ static int plan_columns(PGconn *conn, export_state *st, const export_opts *o) {
 
 /* ---- the database side ------------------------------------------------ */
 
-/* The settings PostgreSQL's text output depends on, sent together with
- * the BEGIN or SAVEPOINT to save a round trip. extra_float_digits: any
- * value > 0 gives the shortest exact text since PostgreSQL 12; 3 is also
- * exact (17 digits) on older servers. */
-#define SETTINGS \
-    " SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD';" \
-    " SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3;" \
-    " SET LOCAL bytea_output = 'hex'"
+/* Exact text output (pg.h), sent together with the BEGIN or SAVEPOINT to
+ * save a round trip. */
+#define SETTINGS " " PK_PG_EXACT_OUTPUT("LOCAL")
 
 static const char BEGIN_SQL[] = "BEGIN READ ONLY;" SETTINGS;
 static const char SAVEPOINT_SQL[] =

@@ -44,10 +44,12 @@
 
 #include "buf.h"
 #include "compat.h"
+#include "core.h"
 #include "luax.h"
 
 #define PK_HTTP_MT "pksync.http"
-#define PK_HTTP_DEFAULT_UA "PhoenixKit-Sync/1.0 pksync/0.1"
+/* the same as transport.USER_AGENT on the Lua side */
+#define PK_HTTP_DEFAULT_UA "PhoenixKit-Sync/1.0 pksync/" PK_VERSION
 #define PK_HTTP_DEFAULT_TIMEOUT_MS 30000L
 #define PK_HTTP_DEFAULT_CONNECT_TIMEOUT_MS 10000L
 #define PK_HTTP_DEFAULT_MAX_BODY ((size_t)64 * 1024 * 1024)
@@ -642,13 +644,6 @@ static void check_config(lua_State *L, int arg, http_config *cfg) {
     cfg->user_agent = opt_string(L, arg, arg, "user_agent", cfg->user_agent);
 }
 
-static char *copy_string(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-    if (p) memcpy(p, s, n);
-    return p;
-}
-
 /* http_new([options]) -> handle */
 static int l_http_new(lua_State *L) {
     http_config cfg;
@@ -669,9 +664,9 @@ static int l_http_new(lua_State *L) {
     h->connect_timeout_ms = cfg.connect_timeout_ms;
     h->max_body = cfg.max_body;
     h->insecure = cfg.insecure;
-    if (!(h->user_agent = copy_string(cfg.user_agent)))
+    if (!(h->user_agent = strdup(cfg.user_agent)))
         return luaL_error(L, "pksync.http: out of memory");
-    if (cfg.ca_file && !(h->ca_file = copy_string(cfg.ca_file)))
+    if (cfg.ca_file && !(h->ca_file = strdup(cfg.ca_file)))
         return luaL_error(L, "pksync.http: out of memory");
     if (!(h->curl = curl_easy_init()))
         return luaL_error(L, "pksync.http: curl_easy_init failed");

@@ -129,13 +129,6 @@ typedef struct importer {
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static char *dup_str(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-    if (p) memcpy(p, s, n);
-    return p;
-}
-
 static void set_msg(char *dst, const char *src) {
     snprintf(dst, MSG_MAX, "%s", src ? src : "");
 }
@@ -586,8 +579,8 @@ static void maybe_prefetch(importer *imp) {
     pk_buf_adds(&pf->body, imp->next.suffix);
     free(pf->url);
     free(pf->after);
-    pf->url = dup_str(imp->next.url);
-    pf->after = dup_str(env.next_after);
+    pf->url = strdup(imp->next.url);
+    pf->after = strdup(env.next_after);
     if (!pf->url || !pf->after || pf->body.failed) return;
     pf->http = imp->next.http;
     pf->timeout_ms = imp->next.timeout_ms;
@@ -766,21 +759,6 @@ static int l_importer_gc(lua_State *L) {
     return 0;
 }
 
-static const char *const KIND_NAMES[] = {
-    "text", "generic", "bool", "int", "float", "numeric", "json", "bytea", "uuid", "array", NULL,
-};
-static const pk_kind KINDS[] = {
-    PK_KIND_TEXT, PK_KIND_GENERIC, PK_KIND_BOOL, PK_KIND_INT, PK_KIND_FLOAT,
-    PK_KIND_NUMERIC, PK_KIND_JSON, PK_KIND_BYTEA, PK_KIND_UUID, PK_KIND_ARRAY,
-};
-
-static pk_kind kind_field(lua_State *L, int tbl, const char *field, const char *def) {
-    lua_getfield(L, tbl, field);
-    int i = luaL_checkoption(L, -1, def, KIND_NAMES);
-    lua_pop(L, 1);
-    return KINDS[i];
-}
-
 /* An optional string field copied with malloc (NULL when absent). Raises
  * only before anything of the importer is allocated, or with the userdata
  * already owning what was allocated (its __gc frees it). */
@@ -788,7 +766,7 @@ static char *string_field(lua_State *L, int tbl, const char *field, int required
     lua_getfield(L, tbl, field);
     char *s = NULL;
     if (lua_type(L, -1) == LUA_TSTRING) {
-        s = dup_str(lua_tostring(L, -1));
+        s = strdup(lua_tostring(L, -1));
         if (!s) luaL_error(L, "pksync: out of memory");
     } else if (required || !lua_isnil(L, -1)) {
         luaL_error(L, "importer_new: %s must be a string", field);
@@ -833,7 +811,7 @@ static void read_stmt(lua_State *L, struct stmt *st) {
         for (size_t i = 0; i < n; i++) {
             lua_rawgeti(L, -1, (int)i + 1);
             if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "importer_new: parameters must be strings");
-            st->params[i] = dup_str(lua_tostring(L, -1));
+            st->params[i] = strdup(lua_tostring(L, -1));
             lua_pop(L, 1);
             if (!st->params[i]) luaL_error(L, "pksync: out of memory");
             st->nparams = i + 1;
@@ -872,18 +850,11 @@ static void read_columns(lua_State *L, int tbl, importer *imp) {
     if (!imp->cols) luaL_error(L, "pksync: out of memory");
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, -1, (int)i + 1);
-        luaL_checktype(L, -1, LUA_TTABLE);
-        int c = lua_gettop(L);
         pk_column *col = &imp->cols[i];
-        col->name = string_field(L, c, "name", 1);
+        const char *name = pk_check_column(L, lua_gettop(L), col);
+        if (!(col->name = strdup(name))) luaL_error(L, "pksync: out of memory");
         imp->ncols = i + 1;
-        col->name_len = strlen(col->name);
-        col->kind = kind_field(L, c, "kind", "text");
-        col->elem_kind = kind_field(L, c, "elem_kind", "text");
-        lua_getfield(L, c, "elem_delim");
-        const char *d = lua_tostring(L, -1);
-        col->elem_delim = d && d[0] ? d[0] : ',';
-        lua_pop(L, 2);
+        lua_pop(L, 1);
     }
     lua_pop(L, 1);
 }
@@ -916,7 +887,7 @@ static int l_importer_new(lua_State *L) {
     imp->clear_sql = string_field(L, 1, "clear", 0);
     read_statements(L, 1, imp);
     imp->array_key = string_field(L, 1, "array_key", 0);
-    if (!imp->array_key && !(imp->array_key = dup_str("data"))) return luaL_error(L, "pksync: out of memory");
+    if (!imp->array_key && !(imp->array_key = strdup("data"))) return luaL_error(L, "pksync: out of memory");
     imp->batch_rows = size_field(L, 1, "batch_rows", 10000, 10000000);
     imp->max_row_bytes = size_field(L, 1, "max_row_bytes", 64u << 20, (size_t)1 << 31);
     imp->next_row = (int64_t)size_field(L, 1, "first_row", 1, (size_t)1 << 52);
@@ -931,49 +902,6 @@ static int l_importer_new(lua_State *L) {
 
 /* ---- run_page results ---- */
 
-static void set_int(lua_State *L, const char *k, int64_t v) {
-    if (!pk_push_int64(L, v)) lua_pushnumber(L, (lua_Number)v);
-    lua_setfield(L, -2, k);
-}
-
-static void set_str(lua_State *L, const char *k, const char *v) {
-    if (!v || !v[0]) return;
-    lua_pushstring(L, v);
-    lua_setfield(L, -2, k);
-}
-
-static void set_flag(lua_State *L, const char *k, int v) {
-    if (v < 0) return;
-    lua_pushboolean(L, v);
-    lua_setfield(L, -2, k);
-}
-
-static void push_unknown(lua_State *L, const importer *imp) {
-    const char **names;
-    size_t n = pk_rowplan_unknown(imp->plan, &names);
-    lua_createtable(L, (int)n, 0);
-    luaL_getmetatable(L, "pksync.array");
-    if (lua_istable(L, -1)) lua_setmetatable(L, -2);
-    else lua_pop(L, 1);
-    for (size_t i = 0; i < n; i++) {
-        lua_pushstring(L, names[i]);
-        lua_rawseti(L, -2, (int)i + 1);
-    }
-    lua_setfield(L, -2, "unknown_columns");
-}
-
-static void push_envelope(lua_State *L, const pk_envelope *env) {
-    set_flag(L, "success", env->success);
-    set_flag(L, "has_more", env->has_more);
-    set_flag(L, "truncated", env->truncated);
-    set_flag(L, "filtered", env->filtered);
-    set_flag(L, "saw_array", env->saw_array);
-    set_str(L, "error", env->error);
-    set_str(L, "error_code", env->error_code);
-    set_str(L, "next_after", env->next_after);
-    set_str(L, "table", env->table);
-}
-
 static int push_result(lua_State *L, importer *imp, int valid, int committed) {
     page *pg = &imp->pg;
     pk_envelope env;
@@ -981,24 +909,27 @@ static int push_result(lua_State *L, importer *imp, int valid, int committed) {
     env.success = env.has_more = env.truncated = env.filtered = env.saw_array = -1;
     if (pg->status == 200 && pg->scan) pk_rowscan_envelope(pg->scan, &env);
     lua_newtable(L);
-    set_int(L, "status", pg->status);
-    set_flag(L, "valid", valid);
-    set_flag(L, "committed", committed);
-    set_int(L, "rows", pg->rows);
-    set_int(L, "bytes", pg->bytes);
-    set_int(L, "imported", committed ? pg->imported : 0);
-    set_int(L, "updated", committed ? pg->updated : 0);
-    set_int(L, "skipped", committed ? pg->skipped : 0);
-    set_int(L, "failed", committed ? pg->failed : 0);
-    set_int(L, "filtered", committed ? pg->filtered : 0);
-    set_str(L, "error_sample", pg->sample);
-    set_str(L, "invalid_reason", valid ? NULL : pg->scan_error);
+    pk_set_int(L, "status", pg->status);
+    pk_set_flag(L, "valid", valid);
+    pk_set_flag(L, "committed", committed);
+    pk_set_int(L, "rows", pg->rows);
+    pk_set_int(L, "bytes", pg->bytes);
+    pk_set_int(L, "imported", committed ? pg->imported : 0);
+    pk_set_int(L, "updated", committed ? pg->updated : 0);
+    pk_set_int(L, "skipped", committed ? pg->skipped : 0);
+    pk_set_int(L, "failed", committed ? pg->failed : 0);
+    pk_set_int(L, "filtered", committed ? pg->filtered : 0);
+    pk_set_str(L, "error_sample", pg->sample);
+    pk_set_str(L, "invalid_reason", valid ? NULL : pg->scan_error);
     if (pg->status != 200 && pg->errbody.len > 0) {
         lua_pushlstring(L, pg->errbody.data, pg->errbody.len);
         lua_setfield(L, -2, "body");
     }
-    push_envelope(L, &env);
-    push_unknown(L, imp);
+    pk_set_envelope(L, &env);
+    const char **unknown;
+    size_t nunknown = pk_rowplan_unknown(imp->plan, &unknown);
+    pk_push_strings(L, unknown, nunknown);
+    lua_setfield(L, -2, "unknown_columns");
     return 1;
 }
 
@@ -1007,9 +938,9 @@ static int push_db_failure(lua_State *L, const page *pg) {
     if (pg->hook_failed) lua_pushliteral(L, "hook_failed");
     else lua_pushliteral(L, "database_error");
     lua_newtable(L);
-    set_str(L, "message", pg->fatal_msg);
-    set_str(L, "sqlstate", pg->fatal_state);
-    set_int(L, "rows", pg->rows);
+    pk_set_str(L, "message", pg->fatal_msg);
+    pk_set_str(L, "sqlstate", pg->fatal_state);
+    pk_set_int(L, "rows", pg->rows);
     return 3;
 }
 
@@ -1017,11 +948,11 @@ static int push_transport_failure(lua_State *L, const pk_http_result *res, const
     lua_pushnil(L);
     lua_pushstring(L, res->err ? res->err : "transport error");
     lua_newtable(L);
-    set_str(L, "reason", res->reason);
-    set_str(L, "message", res->message);
-    set_int(L, "code", res->curl_code);
-    set_int(L, "rows", pg->rows);
-    set_int(L, "http_status", pg->status);
+    pk_set_str(L, "reason", res->reason);
+    pk_set_str(L, "message", res->message);
+    pk_set_int(L, "code", res->curl_code);
+    pk_set_int(L, "rows", pg->rows);
+    pk_set_int(L, "http_status", pg->status);
     return 3;
 }
 

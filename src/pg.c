@@ -154,10 +154,7 @@ static void append_to_parent(lua_State *L) {
 static int array_open(void *ctx) {
     array_ctx *a = (array_ctx *)ctx;
     if (!lua_checkstack(a->L, 4)) return 1;
-    lua_newtable(a->L);
-    luaL_getmetatable(a->L, "pksync.array");
-    if (lua_istable(a->L, -1)) lua_setmetatable(a->L, -2);
-    else lua_pop(a->L, 1);
+    pk_new_array(a->L, 0);
     a->depth++;
     return 0;
 }
@@ -490,4 +487,10 @@ void pk_open_pg(lua_State *L) {
     pk_new_type(L, PK_PG_MT, pg_meta, pg_methods);
     pk_new_type(L, PK_PGRES_MT, result_meta, NULL);
     luaL_setfuncs(L, pg_funcs, 0);
+    lua_createtable(L, 0, 2);
+    lua_pushliteral(L, PK_PG_EXACT_OUTPUT("SESSION"));
+    lua_setfield(L, -2, "session");
+    lua_pushliteral(L, PK_PG_EXACT_OUTPUT("LOCAL"));
+    lua_setfield(L, -2, "transaction");
+    lua_setfield(L, -2, "pg_exact_output");
 }

@@ -14,6 +14,19 @@
 
 #define PK_PG_MT "pksync.pg"
 
+/* The session settings under which PostgreSQL prints every value exactly
+ * and the same way on every server, whatever its defaults: timestamps in
+ * UTC and ISO form, intervals in the postgres style, floats as the shortest
+ * text that reads back to the same value (any extra_float_digits > 0 does
+ * that since PostgreSQL 12; 3 is also exact, with 17 digits, on older
+ * servers), bytea as hex. `scope` is SESSION or LOCAL (this transaction).
+ * The one definition: export.c sends it with its BEGIN, and Lua reads it as
+ * core.pg_exact_output.session / .transaction (store connections, checksums). */
+#define PK_PG_EXACT_OUTPUT(scope) \
+    "SET " scope " TimeZone = 'UTC'; SET " scope " DateStyle = 'ISO, YMD'; " \
+    "SET " scope " IntervalStyle = 'postgres'; SET " scope " extra_float_digits = 3; " \
+    "SET " scope " bytea_output = 'hex'"
+
 /* The open PGconn of the handle at idx; raises if it is not a handle or
  * is closed. */
 PGconn *pk_pg_conn(lua_State *L, int idx);

@@ -8,16 +8,16 @@
  *   --> pk_row_to_copy (by the plan of local columns) --> one COPY line.
  *
  * Values are converted by the LOCAL column's kind, never by the shape of
- * the JSON value (PROTOCOL.md, "Row values on the wire"). Nothing here
- * calls Lua except pk_open_rows' test binding; nothing keeps mutable
- * statics, so several threads may each use their own plans and scanners.
+ * the JSON value (docs/protocol.md, "Row values on the wire"). Nothing here
+ * calls Lua (the test binding is src/testing/rows_binding.c); nothing keeps
+ * mutable statics, so several threads may each use their own plans and
+ * scanners.
  * See rows.c for the design.
  */
 #ifndef PKSYNC_ROWS_H
 #define PKSYNC_ROWS_H
 
 #include <stddef.h>
-#include <lua.h>
 
 #include "buf.h"
 
@@ -128,9 +128,5 @@ typedef struct pk_envelope {
 } pk_envelope;
 
 void pk_rowscan_envelope(const pk_rowscan *s, pk_envelope *out);
-
-/* Register rows_convert and rows_scan (test and fuzzing bindings) into the
- * module table at the top of the stack. */
-void pk_open_rows(lua_State *L);
 
 #endif
