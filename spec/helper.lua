@@ -271,9 +271,11 @@ function helper.kill_nginx(srv)
   return false
 end
 
---- md5 over a table's rows in a fixed text form (equal when the data is).
+--- md5 over a table's rows in a fixed text form (equal when the data is,
+-- whatever each database's default output settings).
 function helper.fingerprint(dbname, tbl, where)
-  return helper.psql(dbname, ("SET TimeZone = 'UTC'; SET extra_float_digits = 3; " ..
+  return helper.psql(dbname, ("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; " ..
+    "SET IntervalStyle = 'postgres'; SET bytea_output = 'hex'; " ..
     "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM %s t%s")
     :format(tbl, where and (" WHERE " .. where) or ""))
 end

@@ -16,8 +16,8 @@ local _M = {}
 --- Checksums are computed only up to this many rows (as PhoenixKit does).
 _M.CHECKSUM_MAX_ROWS = 10000
 
-local CANONICAL = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; " ..
-  "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; SET LOCAL bytea_output = 'hex'"
+-- exact text output, the same whatever the server's defaults (src/pg.h)
+local CANONICAL = core.pg_exact_output.transaction
 
 --- Run fn(db) with the session's text output fixed (UTC, ISO dates,
 -- shortest exact floats), so two sites render the same rows the same way.

@@ -182,8 +182,9 @@ function Client:database()
   if not db then
     return nil, "database_unavailable", { message = err }
   end
-  -- Timestamps read back from the store are printed in UTC, ISO style.
-  local ok, serr = db:exec("SET TimeZone TO 'UTC'; SET DateStyle TO 'ISO, YMD'")
+  -- Every value this session reads (store timestamps, local rows handed to
+  -- hooks) prints exactly and the same way whatever the server's defaults.
+  local ok, serr = db:exec(core.pg_exact_output.session)
   if not ok then
     db:close()
     return nil, "database_unavailable", { message = serr }
