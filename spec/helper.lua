@@ -135,7 +135,7 @@ http {
   lua_shared_dict pksync_test 4m;
 %s
   server {
-    listen 127.0.0.1:%d;
+    listen 127.0.0.1:%d%s;
 %s
   }
 }
@@ -143,8 +143,9 @@ http {
 
 --- Start nginx. opts: name, server (location blocks), http (extra http
 -- directives), main (extra main directives), workers, threads, env (table
--- of VAR=value exported to the workers). Returns an object with port, url,
--- prefix, stop() and error_log().
+-- of VAR=value exported to the workers), tls ({cert = PEM file, key = PEM
+-- file}: the listener speaks https). Returns an object with port, url
+-- (https:// with tls), prefix, stop() and error_log().
 function helper.start_nginx(opts)
   opts = opts or {}
   local name = unique("nginx-" .. (opts.name or "srv"))
@@ -160,13 +161,19 @@ function helper.start_nginx(opts)
   local user = ""
   if helper.run("id -u"):match("^0") then user = "user root root;" end
   local repo = helper.repo
+  local ssl, server = "", opts.server or ""
+  if opts.tls then
+    ssl = " ssl"
+    server = ("    ssl_certificate %s;\n    ssl_certificate_key %s;\n%s"):format(
+      assert(opts.tls.cert, "tls.cert"), assert(opts.tls.key, "tls.key"), server)
+  end
   local conf = NGINX_TEMPLATE:format(user, opts.workers or 1, opts.log_level or "warn",
-    opts.threads or 4, main, repo, repo, repo, repo, opts.http or "", port, opts.server or "")
+    opts.threads or 4, main, repo, repo, repo, repo, opts.http or "", port, ssl, server)
   write_file(prefix .. "/conf/nginx.conf", conf)
   local out, ok = helper.run(("nginx -p %s -c conf/nginx.conf"):format(shell_quote(prefix)))
   if not ok then error("nginx failed to start: " .. out .. "\n" .. conf) end
   assert(helper.wait_port(port, 10), "nginx did not listen on " .. port)
-  local srv = { port = port, prefix = prefix, url = "http://127.0.0.1:" .. port }
+  local srv = { port = port, prefix = prefix, url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. port }
   function srv.error_log() return helper.read_file(prefix .. "/logs/error.log") or "" end
   function srv.stop()
     helper.run(("nginx -p %s -c conf/nginx.conf -s stop"):format(shell_quote(prefix)))

@@ -10,7 +10,23 @@ local function sample_sql(name)
   return assert(helper.read_file(helper.repo .. "/examples/" .. name))
 end
 
---- Start the pair. opts.a_policy: a policy file served by A's nginx.
+--- Start nginx serving the pksync API of database `conninfo`. opts: name,
+-- port (default a free one), tls ({cert, key}: https), policy_file.
+-- Returns the helper.start_nginx server; its url is the site's URL.
+function _M.serve(conninfo, opts)
+  opts = opts or {}
+  local port = opts.port or helper.free_port()
+  local url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. port
+  local policy = opts.policy_file and (", policy_file = %q"):format(opts.policy_file) or ""
+  return helper.start_nginx { name = opts.name or "site", port = port, tls = opts.tls, server = ([[
+    location /phoenix_kit/sync/api/ {
+      content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q %s } }
+    }]]):format(conninfo, url, policy) }
+end
+
+--- Start the pair. opts.a_policy: a policy file served by A's nginx;
+-- opts.tls: A serves https with this {cert, key} (helper.start_nginx);
+-- opts.b_options: more pksync.new options for B's client (e.g. ca_file).
 function _M.start(opts)
   opts = opts or {}
   local a, b = {}, {}
@@ -20,21 +36,19 @@ function _M.start(opts)
   helper.psql(a.dbname, sample_sql("sample_data.sql"))
   helper.psql(b.dbname, sample_sql("sample_schema.sql"))
   a.port = helper.free_port()
-  a.url = "http://127.0.0.1:" .. a.port
+  a.url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. a.port
   local site = pksync.new { db = a.conninfo, site_url = a.url }
   assert(site:migrate())
   assert(site:set_settings { enabled = true, incoming_mode = "auto_accept" })
   local sender, raw = assert(site:create_connection { name = "A to B", direction = "sender",
     site_url = "https://b.example", notify = false, rate_limit_requests_per_minute = 0 })
   site:close()
-  local policy = opts.a_policy and (", policy_file = %q"):format(opts.a_policy) or ""
-  a.srv = helper.start_nginx { name = "site-a", port = a.port, server = ([[
-    location /phoenix_kit/sync/api/ {
-      content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q %s } }
-    }]]):format(a.conninfo, a.url, policy) }
+  a.srv = _M.serve(a.conninfo, { name = "site-a", port = a.port, tls = opts.tls, policy_file = opts.a_policy })
   a.client = pksync.new { db = a.conninfo, site_url = a.url }
   a.sender = sender
-  b.client = pksync.new { db = b.conninfo, site_url = "https://b.example" }
+  local b_options = { db = b.conninfo, site_url = "https://b.example" }
+  for k, v in pairs(opts.b_options or {}) do b_options[k] = v end
+  b.client = pksync.new(b_options)
   assert(b.client:migrate())
   b.conn = assert(b.client:create_connection { name = "From A", direction = "receiver", site_url = a.url,
     auth_token = raw })
