@@ -7,6 +7,7 @@
 -- arrive unchanged and both sides' checksums agree.
 local helper = require "helper"
 local pksync = require "pksync"
+local sites = require "sites"
 
 local SCHEMA = [[
 CREATE TABLE vals (id int PRIMARY KEY, f8 float8, f4 real, ts timestamptz, local_ts timestamp, d date,
@@ -58,10 +59,7 @@ describe("exact values under servers whose output defaults differ", function()
     local _, raw = assert(site:create_connection { name = "exact", direction = "sender", status = "active",
       site_url = "https://b.example", notify = false, rate_limit_requests_per_minute = 0 })
     site:close()
-    srv = helper.start_nginx { name = "exact-a", port = port, server = ([[
-      location /phoenix_kit/sync/api/ {
-        content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q } }
-      }]]):format(a_ci, url) }
+    srv = sites.serve(a_ci, { name = "exact-a", port = port })
     b = pksync.new { db = b_ci, site_url = "https://b.example" }
     assert(b:migrate())
     conn = assert(b:create_connection { name = "exact", direction = "receiver", site_url = url, auth_token = raw })
