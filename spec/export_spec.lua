@@ -1,5 +1,5 @@
 -- core.export_rows (src/export.c): rows out of PostgreSQL as protocol JSON,
--- checked value by value against PROTOCOL.md's "Row values on the wire".
+-- checked value by value against docs/protocol.md's "Values on the wire".
 local helper = require "helper"
 local core = require "pksync.core"
 

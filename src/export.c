@@ -18,7 +18,7 @@
  *    LOCALs (the caller sees its own settings again) and, after an SQL
  *    error, leaves the caller's transaction usable.
  *  - Values are written by column type (PQftype / PQfmod), never by shape,
- *    as PROTOCOL.md's "Row values on the wire" table says. Built-in types
+ *    as the "Values on the wire" table of docs/protocol.md says. Built-in types
  *    come from a static const table. Any other OID costs one catalog query
  *    per call, which tells array types (element type seen through domains,
  *    and delimiter) from the rest. Every other type outside the table

@@ -8,8 +8,8 @@
  *
  * It runs one SELECT on a pg handle (see pg.h) with fixed session settings
  * and writes the rows as the JSON array PhoenixKit's pull-data and
- * table-records endpoints answer with, value by value as the "Row values on
- * the wire" table of PROTOCOL.md says. See export.c for the design.
+ * table-records endpoints answer with, value by value as the "Values on
+ * the wire" table of docs/protocol.md says. See export.c for the design.
  */
 #ifndef PKSYNC_EXPORT_H
 #define PKSYNC_EXPORT_H

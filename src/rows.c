@@ -4,12 +4,13 @@
  *
  * Design
  *  - Conversion goes by the local column's kind, never by the value's
- *    shape (PROTOCOL.md). One recursive-descent pass over the row converts
- *    each value of a plan column straight into COPY text in the plan's
- *    `vals` buffer and records where it went; keys come in any order, so
- *    the line is assembled afterwards in plan order (one memcpy per value,
- *    \N for absent columns). Values of other keys are validated and
- *    skipped, their names remembered for the caller's report.
+ *    shape (docs/protocol.md, "Values on the wire"). One recursive-descent
+ *    pass over the row converts each value of a plan column straight into
+ *    COPY text in the plan's `vals` buffer and records where it went; keys
+ *    come in any order, so the line is assembled afterwards in plan order
+ *    (one memcpy per value, \N for absent columns). Values of other keys
+ *    are validated and skipped, their names remembered for the caller's
+ *    report.
  *  - Strings without escapes (nearly all) are used where they lie: their
  *    bytes can hold no backslash, quote or control character, so COPY
  *    needs no escaping for them and nothing is copied twice. Strings with

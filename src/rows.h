@@ -8,7 +8,7 @@
  *   --> pk_row_to_copy (by the plan of local columns) --> one COPY line.
  *
  * Values are converted by the LOCAL column's kind, never by the shape of
- * the JSON value (docs/protocol.md, "Row values on the wire"). Nothing here
+ * the JSON value (docs/protocol.md, "Values on the wire"). Nothing here
  * calls Lua (the test binding is src/testing/rows_binding.c); nothing keeps
  * mutable statics, so several threads may each use their own plans and
  * scanners.

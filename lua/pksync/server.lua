@@ -2,9 +2,9 @@
 --
 -- Transport-agnostic: a request is `{method=, path=, headers=, body=,
 -- remote_addr=}` and the answer `{status=, headers=, body=}`. Status codes,
--- bodies and the order of checks follow PROTOCOL.md (and PhoenixKit where
--- the page is silent). pksync adds what PhoenixKit's HTTP API leaves out:
--- expiry, download and record limits, IP whitelist, allowed hours and a
+-- bodies and the order of checks follow docs/protocol.md (and PhoenixKit
+-- where that page is silent). pksync adds what PhoenixKit's HTTP API leaves
+-- out: expiry, download and record limits, IP whitelist, allowed hours and a
 -- per-minute rate limit, all checked against the store.
 -- @module pksync.server
 local core = require "pksync.core"
