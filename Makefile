@@ -6,6 +6,8 @@
 #   make deps       install the Debian packages (skipped when present)
 #   make bench      benchmarks (see bench/README.md)
 #   make demo       the two-site demo
+#   make install    both builds, the Lua modules and bin/pksync under
+#                   $(DESTDIR)$(PREFIX) (PREFIX=/usr/local); make uninstall
 #
 # LUA_INCDIR / LUAJIT_INCDIR / PREFIX may be overridden.
 
@@ -35,7 +37,7 @@ TESTING_SRCS = $(wildcard src/testing/*.c)
 TESTING54    = build/54/pksync/testing.so
 TESTINGJIT   = build/jit/pksync/testing.so
 
-.PHONY: all deps test test-54 test-jit bench demo clean install check-asan check-valgrind fuzz faults load
+.PHONY: all deps test test-54 test-jit bench demo clean install uninstall check-asan check-valgrind fuzz faults load
 
 all: $(CORE54) $(COREJIT) $(TESTING54) $(TESTINGJIT)
 
@@ -97,11 +99,24 @@ test-54 test-jit: all
 clean:
 	rm -rf build
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/pksync $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync
+# Both builds and the command under $(DESTDIR)$(PREFIX): Lua 5.4 finds the
+# modules in share/lua/5.4 and the core in lib/lua/5.4, LuaJIT (and nginx's
+# lua module) in share/lua/5.1 and lib/lua/5.1. pksync.testing stays behind.
+LUA_MODULES = $(wildcard lua/pksync/*.lua)
+INSTALL_DIRS = bin lib/lua/5.4/pksync lib/lua/5.1/pksync share/lua/5.4/pksync share/lua/5.1/pksync
+
+install: $(CORE54) $(COREJIT)
+	install -d $(INSTALL_DIRS:%=$(DESTDIR)$(PREFIX)/%)
 	install -m 0755 $(CORE54) $(DESTDIR)$(PREFIX)/lib/lua/5.4/pksync/core.so
-	install -m 0644 lua/pksync.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync.lua
-	install -m 0644 lua/pksync/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync/
+	install -m 0755 $(COREJIT) $(DESTDIR)$(PREFIX)/lib/lua/5.1/pksync/core.so
+	install -m 0644 $(LUA_MODULES) $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync/
+	install -m 0644 $(LUA_MODULES) $(DESTDIR)$(PREFIX)/share/lua/5.1/pksync/
+	install -m 0755 bin/pksync $(DESTDIR)$(PREFIX)/bin/pksync
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/pksync
+	rm -rf $(DESTDIR)$(PREFIX)/lib/lua/5.4/pksync $(DESTDIR)$(PREFIX)/lib/lua/5.1/pksync
+	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync $(DESTDIR)$(PREFIX)/share/lua/5.1/pksync
 
 # Import speed against COPY and per-row INSERT baselines, same run, same data.
 BENCH_ROWS ?= 1000000
