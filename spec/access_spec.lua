@@ -166,16 +166,7 @@ describe("pksync.access", function()
 
     local function sql(q) return helper.psql(dbname, q) end
 
-    local function sender(attrs)
-      attrs = attrs or {}
-      attrs.name = attrs.name or "to-b"
-      attrs.direction = "sender"
-      attrs.site_url = "https://" .. helper.unique("peer") .. ".example"
-      attrs.notify = false
-      attrs.status = attrs.status or "active"
-      if attrs.rate_limit_requests_per_minute == nil then attrs.rate_limit_requests_per_minute = 0 end
-      return assert(site:create_connection(attrs))
-    end
+    local function sender(attrs) return helper.sender_connection(site, attrs) end
 
     -- returns conn or nil, status, error text, answer
     local function authorize(c, ip, client)

@@ -76,16 +76,8 @@ describe("pksync.catalog", function()
     return out
   end
 
-  lazy_setup(function()
-    dbname, conninfo = helper.create_database("catalog")
-    sql(SCHEMA)
-    db = assert(core.pg_connect(conninfo))
-  end)
-
-  lazy_teardown(function()
-    if db then db:close() end
-    helper.drop_database(dbname)
-  end)
+  lazy_setup(function() dbname, conninfo, db = helper.open_database("catalog", SCHEMA) end)
+  lazy_teardown(function() helper.close_database(dbname, db) end)
 
   describe("base_tables and table_exists", function()
     it("list the schema's plain and partitioned tables, sorted, only names the protocol can carry", function()

@@ -88,6 +88,34 @@ function helper.drop_database(name)
   helper.psql("postgres", ("DROP DATABASE IF EXISTS %s WITH (FORCE)"):format(name))
 end
 
+--- A sender connection on site (a pksync client) for a made-up peer: active
+-- unless attrs.status says otherwise, no notification, no rate limit unless
+-- attrs sets one. Returns conn, raw token.
+function helper.sender_connection(site, attrs)
+  attrs = attrs or {}
+  attrs.name = attrs.name or "to-b"
+  attrs.direction = "sender"
+  attrs.site_url = "https://" .. helper.unique("peer") .. ".example"
+  attrs.notify = false
+  attrs.status = attrs.status or "active"
+  if attrs.rate_limit_requests_per_minute == nil then attrs.rate_limit_requests_per_minute = 0 end
+  return assert(site:create_connection(attrs))
+end
+
+--- A new database (with schema, when given) and a pksync.core pg handle on it.
+-- @return dbname, conninfo, db
+function helper.open_database(prefix, schema)
+  local dbname, conninfo = helper.create_database(prefix)
+  if schema then helper.psql(dbname, schema) end
+  return dbname, conninfo, assert(require("pksync.core").pg_connect(conninfo))
+end
+
+--- Close the handle (if any) and drop the database of helper.open_database.
+function helper.close_database(dbname, db)
+  if db then db:close() end
+  helper.drop_database(dbname)
+end
+
 --- A free TCP port on 127.0.0.1.
 function helper.free_port()
   local s = assert(socket.bind("127.0.0.1", 0))

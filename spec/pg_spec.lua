@@ -5,15 +5,8 @@ local core = require "pksync.core"
 describe("pksync.core pg", function()
   local dbname, conninfo, db
 
-  lazy_setup(function()
-    dbname, conninfo = helper.create_database("pg")
-    db = assert(core.pg_connect(conninfo))
-  end)
-
-  lazy_teardown(function()
-    if db then db:close() end
-    helper.drop_database(dbname)
-  end)
+  lazy_setup(function() dbname, conninfo, db = helper.open_database("pg") end)
+  lazy_teardown(function() helper.close_database(dbname, db) end)
 
   it("converts values by column type", function()
     local rows = assert(db:query([[SELECT true AS b, 42::int4 AS i, 9007199254740993::int8 AS big,

@@ -71,16 +71,8 @@ describe("pksync.plan", function()
     return rows[1], drop
   end
 
-  lazy_setup(function()
-    dbname, conninfo = helper.create_database("plan")
-    sql(SCHEMA)
-    db = assert(core.pg_connect(conninfo))
-  end)
-
-  lazy_teardown(function()
-    if db then db:close() end
-    helper.drop_database(dbname)
-  end)
+  lazy_setup(function() dbname, conninfo, db = helper.open_database("plan", SCHEMA) end)
+  lazy_teardown(function() helper.close_database(dbname, db) end)
 
   before_each(function()
     sql([[TRUNCATE items, keyed, all_key, loose, serials, idents, children, parents, "MixedCase", shop.items;

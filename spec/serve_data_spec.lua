@@ -42,16 +42,7 @@ describe("pksync.serve_data", function()
 
   local function sql(q) return helper.psql(dbname, q) end
 
-  local function sender(attrs)
-    attrs = attrs or {}
-    attrs.name = attrs.name or "to-b"
-    attrs.direction = "sender"
-    attrs.site_url = "https://" .. helper.unique("b") .. ".example"
-    attrs.notify = false
-    attrs.status = "active"
-    if attrs.rate_limit_requests_per_minute == nil then attrs.rate_limit_requests_per_minute = 0 end
-    return assert(site:create_connection(attrs))
-  end
+  local function sender(attrs) return helper.sender_connection(site, attrs) end
 
   -- body: a table (auth added) or raw JSON text; returns status, decoded body, raw body
   local function call(ep, body, who, client)

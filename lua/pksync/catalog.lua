@@ -13,6 +13,13 @@ local null = core.null
 
 local _M = {}
 
+--- A query's rows as a plain array (without the result's `affected` count).
+local function rows_of(rows, err, detail)
+  if not rows then return nil, err, detail end
+  rows.affected = nil
+  return rows
+end
+
 --- Checksums are computed only up to this many rows (as PhoenixKit does).
 _M.CHECKSUM_MAX_ROWS = 10000
 
@@ -63,29 +70,24 @@ end
 
 --- The primary key: array of `{name=, type=}` in key order (empty: none).
 function _M.primary_key(db, schema, name)
-  local rows, err, detail = db:query([[
+  return rows_of(db:query([[
     SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type
     FROM pg_index i
     JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
     WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
-    ORDER BY k.ord]], schema, name)
-  if not rows then return nil, err, detail end
-  rows.affected = nil
-  return rows
+    ORDER BY k.ord]], schema, name))
 end
 
 --- Columns as information_schema reports them, in ordinal order.
 function _M.columns(db, schema, name)
-  local rows, err, detail = db:query([[
+  local rows, err, detail = rows_of(db:query([[
     SELECT column_name::text, data_type::text, is_nullable::text, column_default::text,
            character_maximum_length::int AS character_maximum_length
     FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2
-    ORDER BY ordinal_position]], schema, name)
-  if not rows then return nil, err, detail end
-  rows.affected = nil
-  return setmetatable(rows, core.array_mt)
+    ORDER BY ordinal_position]], schema, name))
+  return rows and setmetatable(rows, core.array_mt), err, detail
 end
 
 --- Referenced tables per table of the schema (foreign keys), sorted.
@@ -150,25 +152,19 @@ ORDER BY a.attnum]]
 -- @return rows `{name, not_null, generated, identity_always, sql_type,
 --   typname, typtype, category, elem_typname, elem_typtype, elem_delim}`
 function _M.column_types(db, schema, name)
-  local rows, err, detail = db:query(COLUMN_TYPES, util.quote_ident(schema) .. "." .. util.quote_ident(name))
-  if not rows then return nil, err, detail end
-  rows.affected = nil
-  return rows
+  return rows_of(db:query(COLUMN_TYPES, util.quote_ident(schema) .. "." .. util.quote_ident(name)))
 end
 
 --- Single-column foreign keys of a table: {column=, parent=}.
 function _M.foreign_keys(db, schema, name)
-  local rows, err, detail = db:query([[
+  return rows_of(db:query([[
     SELECT a.attname AS column, p.relname AS parent
     FROM pg_constraint f
     JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_class p ON p.oid = f.confrelid
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = f.conkey[1]
     WHERE f.contype = 'f' AND n.nspname = $1 AND c.relname = $2 AND array_length(f.conkey, 1) = 1
-    ORDER BY 1]], schema, name)
-  if not rows then return nil, err, detail end
-  rows.affected = nil
-  return rows
+    ORDER BY 1]], schema, name))
 end
 
 --- Unique indexes other than the primary key: arrays of column names.
