@@ -311,7 +311,8 @@ describe("pksync.plan", function()
 
     it("merge: a remote null keeps the local value, even in a NOT NULL column", function()
       local r = assert(import(plan_of("items", "merge", ALL), { "1\t\\N\t\\N\t\\N", "2\tTWO\t\\N\tnew" }))
-      assert.same({ 2, 0, 2 }, { r.staged, r.created, r.total })
+      -- row 1 keeps every local value, so it equals the local row: unchanged
+      assert.same({ 2, 0, 1, 1 }, { r.staged, r.created, r.total, r.unchanged })
       assert.equals("1:one:1:n1 2:TWO:2:new", items())
     end)
 

@@ -66,6 +66,7 @@ describe("pull_table_data", function()
         CREATE TABLE pairs (region int, sku text, qty int, PRIMARY KEY (region, sku));
         CREATE TABLE loose (x int, y text);
         CREATE TABLE many (id int PRIMARY KEY, v text);
+        CREATE TABLE sameness (id int PRIMARY KEY, n numeric, f float8, j jsonb, t text, arr int[]);
       ]])
     end
     sql_a(ALL_ROWS)
@@ -100,9 +101,12 @@ describe("pull_table_data", function()
     assert.equals(4, r.records_imported)
     assert.equals(0, r.records_failed)
     assert.equals(table_text(a.dbname, "everything"), table_text(b.dbname, "everything"))
-    -- and once more through the staging path (overwrite onto the full table)
+    -- and once more through the staging path (overwrite onto the full table):
+    -- every row equals its local copy, whatever its types, so nothing is written
+    local versions = sql_b("SELECT string_agg(xmin::text, ',' ORDER BY ctid) FROM everything")
     r = assert(b.client:pull_table_data(recv, "everything", { conflict_strategy = "overwrite" }))
-    assert.equals(4, r.records_updated)
+    assert.same({ 0, 0, 4 }, { r.records_imported, r.records_updated, r.records_unchanged })
+    assert.equals(versions, sql_b("SELECT string_agg(xmin::text, ',' ORDER BY ctid) FROM everything"))
     assert.equals(table_text(a.dbname, "everything"), table_text(b.dbname, "everything"))
   end)
 
@@ -114,13 +118,15 @@ describe("pull_table_data", function()
       r.records_skipped, r.records_failed })
     assert.equals("local one|99.99|keep", sql_b("SELECT name || '|' || price || '|' || note FROM items WHERE id = 1"))
 
+    -- merge: the two local rows that differ are updated, the 118 equal ones left alone
     r = assert(b.client:pull_table_data(recv, "items", { conflict_strategy = "merge" }))
-    assert.same({ 0, 120, 0 }, { r.records_imported, r.records_updated, r.records_skipped })
+    assert.same({ 0, 2, 118, 0 }, { r.records_imported, r.records_updated, r.records_unchanged, r.records_skipped })
     -- merge: remote values win, but a remote null keeps the local value
     assert.equals("item 1|1.25|keep", sql_b("SELECT name || '|' || price || '|' || note FROM items WHERE id = 1"))
 
+    -- overwrite: only row 1 differs now (merge kept its local note)
     r = assert(b.client:pull_table_data(recv, "items", { conflict_strategy = "overwrite" }))
-    assert.same({ 0, 120 }, { r.records_imported, r.records_updated })
+    assert.same({ 0, 1, 119, 0 }, { r.records_imported, r.records_updated, r.records_unchanged, r.records_skipped })
     assert.equals("item 1|1.25|<null>", sql_b("SELECT name || '|' || price || '|' || coalesce(note, '<null>') FROM items WHERE id = 1"))
     assert.equals(table_text(a.dbname, "items"), table_text(b.dbname, "items"))
 
@@ -131,6 +137,31 @@ describe("pull_table_data", function()
     assert.equals(30, r.records_imported)
     assert.equals("60", sql_b("SELECT count(*) FROM loose"))
     sql_a("UPDATE items SET note = 'n1' WHERE id = 1")
+  end)
+
+  it("overwrite and merge leave rows equal to the incoming ones alone, and see every real change", function()
+    sql_a([[INSERT INTO sameness VALUES (1, 1.10, 1, '{"a": 1}', 'A', '{1,2}'), (2, 2, 1.5, '{"b": [1, 2]}', 'b', NULL),
+      (3, NULL, NULL, NULL, NULL, NULL), (4, 4, 0, '{}', 'd', '{}'), (5, 5, 5, '{"x": 1, "y": 2}', 'E', '{5}')]])
+    sql_b([[INSERT INTO sameness VALUES (1, 1.1, 1, '{"a": 1}', 'A', '{1,2}'), (2, 2, 1.5, '{"b":[1,2]}', 'b', NULL),
+      (3, NULL, NULL, NULL, NULL, NULL), (4, 4, '-0', '{}', 'd', '{}'), (5, 5, 5, '{"y": 2, "x": 1}', 'e', '{5}')]])
+    local function versions() return sql_b("SELECT string_agg(id || ':' || xmin, ',' ORDER BY id) FROM sameness") end
+    local before = versions()
+    -- 1: numeric scale, 4: -0 against 0, 5: text case; 2 and 3 are equal (jsonb spacing, nulls)
+    local r = assert(b.client:pull_table_data(recv, "sameness", { conflict_strategy = "overwrite" }))
+    assert.same({ 5, 0, 3, 2, 0 }, { r.records_transferred, r.records_imported, r.records_updated,
+      r.records_unchanged, r.records_skipped })
+    assert.equals(table_text(a.dbname, "sameness"), table_text(b.dbname, "sameness"))
+    local after = versions()
+    assert.equals(before:match("2:%d+,3:%d+"), after:match("2:%d+,3:%d+"))
+    assert.are_not.equal(before:match("1:%d+"), after:match("1:%d+"))
+    -- again: nothing to write at all, for overwrite and merge alike
+    for _, strategy in ipairs { "overwrite", "merge" } do
+      r = assert(b.client:pull_table_data(recv, "sameness", { conflict_strategy = strategy }))
+      assert.same({ 0, 5 }, { r.records_updated, r.records_unchanged })
+    end
+    assert.equals(after, versions())
+    local t = assert(b.client:list_transfers { direction = "receive", table_name = "sameness", limit = 1 })[1]
+    assert.equals(5, tonumber(t.records_skipped))
   end)
 
   it("appends rows with new keys from the local defaults", function()
@@ -149,7 +180,7 @@ describe("pull_table_data", function()
     assert.equals(9, r.pages)
     assert.equals(table_text(a.dbname, "pairs", "region, sku"), table_text(b.dbname, "pairs", "region, sku"))
     r = assert(b.client:pull_table_data(recv, "pairs", { conflict_strategy = "overwrite", page_size = 25 }))
-    assert.equals(60, r.records_updated)
+    assert.same({ 0, 60 }, { r.records_updated, r.records_unchanged })
     local none, err = b.client:pull_table_data(recv, "loose", { conflict_strategy = "skip" })
     assert.is_nil(none)
     assert.equals("no_primary_key", err)

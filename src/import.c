@@ -62,7 +62,7 @@ typedef struct page {
     size_t sent;               /* bytes of batch already sent to COPY */
     int copy_open;
     int64_t batch_first;       /* staging row number of line 0 */
-    int64_t rows, imported, updated, skipped, failed, filtered;
+    int64_t rows, imported, updated, skipped, unchanged, failed, filtered;
     int64_t bytes;
     long status;
     pk_buf errbody;
@@ -412,16 +412,20 @@ static int64_t field_int(const PGresult *res, int col) {
 }
 
 /* Apply rows lo..hi; on failure split until the bad rows stand alone.
- * The apply statement answers (staged, created, total). */
+ * The apply statement answers (staged, created, total[, unchanged]):
+ * staged rows neither created nor updated were skipped, or, when it says
+ * so, left alone because they equalled the local row. */
 static int apply_range(importer *imp, int64_t lo, int64_t hi) {
     page *pg = &imp->pg;
     if (!exec_ok(pg, "SAVEPOINT pksync_apply")) return 0;
     PGresult *res = exec_range(imp, &imp->apply, lo, hi);
     if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
         int64_t staged = field_int(res, 0), created = field_int(res, 1), total = field_int(res, 2);
+        int64_t unchanged = PQnfields(res) > 3 ? field_int(res, 3) : 0;
         pg->imported += created;
         pg->updated += total - created;
-        pg->skipped += staged - total;
+        pg->unchanged += unchanged;
+        pg->skipped += staged - total - unchanged;
         PQclear(res);
         return exec_ok(pg, "RELEASE SAVEPOINT pksync_apply");
     }
@@ -654,7 +658,7 @@ static void page_clear(page *pg) {
     pk_buf_reset(&pg->errbody);
     pg->nlines = pg->sent = 0;
     pg->copy_open = 0;
-    pg->rows = pg->imported = pg->updated = pg->skipped = pg->failed = pg->filtered = pg->bytes = 0;
+    pg->rows = pg->imported = pg->updated = pg->skipped = pg->unchanged = pg->failed = pg->filtered = pg->bytes = 0;
     pg->status = 0;
     pg->scan_failed = pg->fatal = pg->hook_failed = 0;
     pg->scan_error[0] = pg->fatal_msg[0] = pg->fatal_state[0] = pg->sample[0] = '\0';
@@ -917,6 +921,7 @@ static int push_result(lua_State *L, importer *imp, int valid, int committed) {
     pk_set_int(L, "imported", committed ? pg->imported : 0);
     pk_set_int(L, "updated", committed ? pg->updated : 0);
     pk_set_int(L, "skipped", committed ? pg->skipped : 0);
+    pk_set_int(L, "unchanged", committed ? pg->unchanged : 0);
     pk_set_int(L, "failed", committed ? pg->failed : 0);
     pk_set_int(L, "filtered", committed ? pg->filtered : 0);
     pk_set_str(L, "error_sample", pg->sample);

@@ -185,7 +185,7 @@ end
 ------------------------------------------------------------------------------
 -- pull / sync report
 
-local COUNTS = { "transferred", "imported", "updated", "skipped", "filtered", "failed" }
+local COUNTS = { "transferred", "imported", "updated", "unchanged", "skipped", "filtered", "failed" }
 _M.COUNTS = COUNTS
 
 local function present(v)

@@ -28,6 +28,14 @@ local SCALAR_KINDS = {
   name = "text", char = "text", citext = "text",
 }
 
+-- Types whose = holds only for identical values; every other column is
+-- compared by its text, so that 1.10 and 1.1, 0 and -0, or 'A' and 'a' in
+-- a case-blind type still count as a change.
+local IDENTITY_EQUAL = {
+  bool = true, int2 = true, int4 = true, int8 = true, oid = true, bytea = true, uuid = true,
+  date = true, timestamp = true, timestamptz = true,
+}
+
 local function kind_of(typname, typtype)
   return SCALAR_KINDS[typname] or (typtype == "e" and "text") or "generic"
 end
@@ -39,7 +47,8 @@ function _M.local_columns(db, schema, name)
   local cols = {}
   for _, r in ipairs(rows) do
     local col = { name = r.name, not_null = r.not_null, generated = r.generated,
-                  identity_always = r.identity_always, sql_type = r.sql_type }
+                  identity_always = r.identity_always, sql_type = r.sql_type,
+                  identity_equal = r.category ~= "A" and IDENTITY_EQUAL[r.typname] or false }
     if r.category == "A" and r.elem_typname ~= core.null then
       col.kind = "array"
       col.elem_kind = kind_of(r.elem_typname, r.elem_typtype)
@@ -101,10 +110,17 @@ local function strategy_insert(p)
     return str_format("%s SELECT %s FROM src ORDER BY %s ON CONFLICT (%s) DO NOTHING RETURNING true AS created",
       insert_head(p, cols), list(cols), ROW, list(keys))
   end
-  local sets = {}
-  for i, c in ipairs(non_key) do sets[i] = str_format("%s = EXCLUDED.%s", q(c), q(c)) end
-  local conflict = str_format(" ON CONFLICT (%s) DO UPDATE SET %s RETURNING (xmax = 0) AS created",
-    list(keys), tbl_concat(sets, ", "))
+  -- a local row equal to the incoming one is left alone (no write, no bloat)
+  local sets, old, new = {}, {}, {}
+  for i, c in ipairs(non_key) do
+    sets[i] = str_format("%s = EXCLUDED.%s", q(c), q(c))
+    local as_text = p.column_by_name[c].identity_equal and "" or "::text COLLATE \"C\""
+    old[i] = str_format("%s.%s%s", p.target, q(c), as_text)
+    new[i] = str_format("EXCLUDED.%s%s", q(c), as_text)
+  end
+  local conflict = str_format(" ON CONFLICT (%s) DO UPDATE SET %s WHERE (%s) IS DISTINCT FROM (%s) " ..
+    "RETURNING (xmax = 0) AS created", list(keys), tbl_concat(sets, ", "), tbl_concat(old, ", "),
+    tbl_concat(new, ", "))
   if p.strategy == "overwrite" then
     return str_format("%s SELECT %s FROM src ORDER BY %s%s", insert_head(p, cols), list(cols), ROW, conflict)
   end
@@ -117,10 +133,15 @@ local function strategy_insert(p)
     tbl_concat(select_list, ", "), p.target, key_join(keys, "t", "s"), ROW, conflict)
 end
 
+--- The apply step answers (staged, created, total[, unchanged]): for
+-- overwrite and merge, staged rows that wrote nothing were equal to the
+-- local row (unchanged); for the others they were conflicts left alone.
 local function apply_statement(p)
+  local unchanged = (p.strategy == "overwrite" or p.strategy == "merge")
+    and ", (SELECT count(*) FROM src) - count(*) AS unchanged" or ""
   return { sql = str_format("WITH src AS (SELECT * FROM %s WHERE %s BETWEEN $1 AND $2), ins AS (%s) " ..
     "SELECT (SELECT count(*) FROM src) AS staged, count(*) FILTER (WHERE created) AS created, " ..
-    "count(*) AS total FROM ins", p.stage, ROW, strategy_insert(p)) }
+    "count(*) AS total%s FROM ins", p.stage, ROW, strategy_insert(p), unchanged) }
 end
 
 --- Statements that carry keys across tables (pull_tables): rewrite foreign

@@ -78,10 +78,12 @@ local function save_progress(self, transfer, result, cursor, status, message)
     records_transferred = (base.records_transferred or 0) + result.records_transferred,
     records_created = (base.records_created or 0) + result.records_imported,
     records_updated = (base.records_updated or 0) + result.records_updated,
-    records_skipped = (base.records_skipped or 0) + result.records_skipped,
+    -- rows left as they were: conflicts skipped and rows equal to the local ones
+    records_skipped = (base.records_skipped or 0) + result.records_skipped + result.records_unchanged,
     records_failed = (base.records_failed or 0) + result.records_failed,
     bytes_transferred = (base.bytes_transferred or 0) + result.bytes,
     metadata = { path = result.path, pages = result.pages, unknown_columns = result.unknown_columns,
+                 records_unchanged = result.records_unchanged,
                  error_sample = result.error_sample },
   }
   if cursor ~= nil then fields.cursor = cursor end
@@ -98,7 +100,8 @@ end
 
 local function new_result(table_name, strategy)
   return { table = table_name, strategy = strategy, path = "pull-data", records_transferred = 0,
-    records_imported = 0, records_updated = 0, records_skipped = 0, records_failed = 0, records_filtered = 0,
+    records_imported = 0, records_updated = 0, records_skipped = 0, records_unchanged = 0, records_failed = 0,
+    records_filtered = 0,
     pages = 0, bytes = 0, seconds = 0, unknown_columns = setmetatable({}, core.array_mt) }
 end
 
@@ -123,6 +126,7 @@ local function add_page(result, res)
   result.records_imported = result.records_imported + res.imported
   result.records_updated = result.records_updated + res.updated
   result.records_skipped = result.records_skipped + res.skipped
+  result.records_unchanged = result.records_unchanged + (res.unchanged or 0)
   result.records_failed = result.records_failed + res.failed
   result.records_filtered = result.records_filtered + res.filtered
   result.bytes = result.bytes + res.bytes
@@ -187,6 +191,7 @@ local function progress(ctx, done)
   local r = ctx.result
   local ok, err = pcall(cb, { table = ctx.table, path = r.path, pages = r.pages, rows = r.records_transferred,
     imported = r.records_imported, updated = r.records_updated, skipped = r.records_skipped,
+    unchanged = r.records_unchanged,
     failed = r.records_failed, row_count = ctx.row_count, done = done,
     seconds = (now() - ctx.started) / 1000 })
   if ok then return true end
@@ -380,7 +385,9 @@ local function end_atomic(ctx, ok, err, detail)
     end
   end
   if why then
-    for _, k in ipairs { "records_imported", "records_updated", "records_skipped" } do r[k] = 0 end
+    for _, k in ipairs { "records_imported", "records_updated", "records_skipped", "records_unchanged" } do
+      r[k] = 0
+    end
     return nil, "atomic_failed", why
   end
   return ok, err, detail
@@ -401,9 +408,9 @@ local function finish(self, ctx, ok, err, detail)
   if ok then
     save_progress(self, ctx.transfer, r, core.null, "completed")
     r.transfer_uuid = ctx.transfer and ctx.transfer.uuid
-    self:log("info", "pulled %s: %d rows, %d imported, %d updated, %d skipped, %d failed (%s, %d pages)",
-      ctx.table, r.records_transferred, r.records_imported, r.records_updated, r.records_skipped,
-      r.records_failed, r.path, r.pages)
+    self:log("info", "pulled %s: %d rows, %d imported, %d updated, %d unchanged, %d skipped, %d failed (%s, %d pages)",
+      ctx.table, r.records_transferred, r.records_imported, r.records_updated, r.records_unchanged,
+      r.records_skipped, r.records_failed, r.path, r.pages)
     return r
   end
   save_progress(self, ctx.transfer, r, nil, "failed", tostring(err))
@@ -570,13 +577,17 @@ local function pull_one(self, conn, name, info, opts)
 end
 
 --- Count a retried table once: rows imported by earlier passes come back as
--- skipped (skip, custom) or updated (overwrite, merge) in the later pass;
--- report them as imported, as they were.
+-- skipped (skip, custom) or unchanged (overwrite, merge; updated where the
+-- later pass rewrote them) in the later pass; report them as imported, as
+-- they were.
 local function fold_earlier(r, previous)
   local earlier = previous.records_imported
   r.records_imported = r.records_imported + earlier
-  local field = (r.strategy == "overwrite" or r.strategy == "merge") and "records_updated" or "records_skipped"
-  r[field] = math.max(0, r[field] - earlier)
+  for _, field in ipairs { "records_skipped", "records_unchanged", "records_updated" } do
+    local taken = math.min(earlier, r[field])
+    r[field] = r[field] - taken
+    earlier = earlier - taken
+  end
   r.earlier = previous
 end
 

@@ -15,7 +15,7 @@ local now = core.monotonic_ms
 
 local _M = {}
 
-local TOTALS = { "transferred", "imported", "updated", "skipped", "filtered", "failed" }
+local TOTALS = { "transferred", "imported", "updated", "unchanged", "skipped", "filtered", "failed" }
 
 --- True when the local table already holds exactly the sender's rows
 -- (same checksum, computed the same way as the sender's list-tables).
@@ -94,7 +94,8 @@ local function entry_of(name, r, strategy_of)
   end
   return { name = name, action = "pulled", strategy = r.strategy, path = r.path,
     transferred = r.records_transferred, imported = r.records_imported, updated = r.records_updated,
-    skipped = r.records_skipped, filtered = r.records_filtered, failed = r.records_failed,
+    skipped = r.records_skipped, unchanged = r.records_unchanged, filtered = r.records_filtered,
+    failed = r.records_failed,
     seconds = r.seconds, error_sample = r.error_sample, unknown_columns = r.unknown_columns }
 end
 
