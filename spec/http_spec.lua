@@ -72,6 +72,9 @@ local LOCATIONS = [=[
         ngx.exit(ngx.ERROR)
       }
     }
+    location = /hangup {
+      return 444;
+    }
     location = /large {
       content_by_lua_block {
         local size = tonumber(ngx.var.arg_size) or 3 * 1024 * 1024
@@ -321,6 +324,14 @@ describe("pksync.core http client", function()
       assert.is_nil(res)
       assert_failure(err, detail, "offline", "timeout")
       assert.is_true(helper.now() - t0 < 2)
+    end)
+
+    it("reports a peer that hangs up before answering as offline/hangup", function()
+      local h = core.http_new {}
+      local res, err, detail = get(h, "/hangup")
+      assert.is_nil(res)
+      assert_failure(err, detail, "offline", "hangup")
+      assert.equals(52, detail.code) -- CURLE_GOT_NOTHING
     end)
 
     it("reports a body cut short as a transport error naming the truncation", function()

@@ -22,7 +22,8 @@
  *    still reachable and freed by the next request or the finaliser.
  *
  *  - Any HTTP status is a result. Transport failures are classified:
- *    an unreachable peer is "offline" (the caller retries later), an
+ *    an unreachable peer, or one that hangs up before answering, is
+ *    "offline" (the caller retries later), an
  *    oversized body is "response_too_large", everything else carries
  *    libcurl's own text.
  *
@@ -88,6 +89,7 @@ typedef struct transfer {
     int    too_large;    /* TOO_LARGE_BODY or TOO_LARGE_HEADERS */
     int    aborted;      /* the sink asked to stop */
     int    oom;          /* the header buffer could not grow */
+    int    answered;     /* a status line arrived */
 } transfer;
 
 /* ---- process-wide initialisation --------------------------------------- */
@@ -175,6 +177,12 @@ static void classify(const transfer *t, CURLcode rc, pk_http_result *res) {
     } else if (rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY) {
         res->err = "offline";
         res->reason = "resolve";
+    } else if (!t->answered && (rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR ||
+                                rc == CURLE_SEND_ERROR)) {
+        /* The peer went away before answering (it stopped, or reset the
+         * connection): as unreachable as a refused connection. */
+        res->err = "offline";
+        res->reason = "hangup";
     } else if (is_tls_error(rc)) {
         res->reason = "tls";
     }
@@ -228,6 +236,7 @@ static size_t on_header(char *p, size_t size, size_t nitems, void *ud) {
     size_t total = size * nitems, n = total;
     while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == '\n')) n--;
     if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+        t->answered = 1;
         pk_buf_reset(b);
         return total;
     }
@@ -387,7 +396,7 @@ static int parse_method(const char *method) {
 
 static int run_transfer(pk_http *h, const pk_http_request *req, int post,
                         struct curl_slist *headers, pk_http_result *res) {
-    transfer t = {h, req, req->max_body ? req->max_body : h->max_body, 0, 0, 0, 0, 0};
+    transfer t = {.h = h, .req = req, .max_body = req->max_body ? req->max_body : h->max_body};
     curl_easy_reset(h->curl);
     pk_buf_reset(&h->headers);
     CURLcode rc = apply_handle_options(h, &t);
