@@ -180,7 +180,7 @@ describe("pksync CLI", function()
       assert.is_true(doc.enabled)
       assert.equals("auto_accept", doc.incoming_mode)
       assert.is_false(doc.password_required)
-      assert.same({ "paged_pull", "uuid_text", "row_filters" }, doc.pksync.features)
+      assert.same({ "paged_pull", "uuid_text", "row_filters", "table_digest" }, doc.pksync.features)
 
       r = expect(cli { "status", "--prefix", "/elsewhere", a.srv.site_url }, 1)
       assert.matches("^pksync: asking [^\n]+: unexpected_response[^\n]*\n$", r.err)

@@ -24,19 +24,6 @@ INSERT INTO vals VALUES
    '00:00:00.000001', '\x5c', 0, '12:00+14');
 ]]
 
-local ODD = {
-  sender = { TimeZone = "Asia/Kathmandu", DateStyle = "German, DMY", IntervalStyle = "sql_standard",
-    extra_float_digits = "-3", bytea_output = "escape" },
-  receiver = { TimeZone = "America/St_Johns", DateStyle = "SQL, MDY", IntervalStyle = "iso_8601",
-    extra_float_digits = "0", bytea_output = "escape" },
-}
-
-local function odd_defaults(dbname, settings)
-  for name, value in pairs(settings) do
-    helper.psql("postgres", ("ALTER DATABASE %s SET %s = '%s'"):format(dbname, name, value))
-  end
-end
-
 describe("exact values under servers whose output defaults differ", function()
   local a_db, a_ci, b_db, b_ci, srv, b, conn
 
@@ -45,8 +32,8 @@ describe("exact values under servers whose output defaults differ", function()
     b_db, b_ci = helper.create_database("exact_b")
     helper.psql(a_db, SCHEMA)
     helper.psql(b_db, SCHEMA:match("^(.-;)"))
-    odd_defaults(a_db, ODD.sender)
-    odd_defaults(b_db, ODD.receiver)
+    helper.set_database_defaults(a_db, helper.ODD_OUTPUT.sender)
+    helper.set_database_defaults(b_db, helper.ODD_OUTPUT.receiver)
     -- the odd defaults are in force for plain sessions
     assert.equals("-3|Asia/Kathmandu", helper.psql(a_db, "SELECT current_setting('extra_float_digits') || '|' || " ..
       "current_setting('TimeZone')"))

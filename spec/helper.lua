@@ -88,6 +88,23 @@ function helper.drop_database(name)
   helper.psql("postgres", ("DROP DATABASE IF EXISTS %s WITH (FORCE)"):format(name))
 end
 
+--- Output defaults that differ from each other and from PostgreSQL's (a
+-- time zone with a 45-minute offset, German and SQL date styles, intervals
+-- in SQL-standard and ISO 8601 form, few float digits, bytea in escape form).
+helper.ODD_OUTPUT = {
+  sender = { TimeZone = "Asia/Kathmandu", DateStyle = "German, DMY", IntervalStyle = "sql_standard",
+    extra_float_digits = "-3", bytea_output = "escape" },
+  receiver = { TimeZone = "America/St_Johns", DateStyle = "SQL, MDY", IntervalStyle = "iso_8601",
+    extra_float_digits = "0", bytea_output = "escape" },
+}
+
+--- Make settings (name -> value) the defaults of every new session of dbname.
+function helper.set_database_defaults(dbname, settings)
+  for name, value in pairs(settings) do
+    helper.psql("postgres", ("ALTER DATABASE %s SET %s = '%s'"):format(dbname, name, value))
+  end
+end
+
 --- A sender connection on site (a pksync client) for a made-up peer: active
 -- unless attrs.status says otherwise, no notification, no rate limit unless
 -- attrs sets one. Returns conn, raw token.

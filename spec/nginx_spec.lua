@@ -77,7 +77,7 @@ describe("pksync in nginx", function()
   it("serves the API, cross-checked with curl", function()
     local status = json.decode(curl(site.url .. API .. "status"))
     assert.is_true(status.enabled)
-    assert.same({ "paged_pull", "uuid_text", "row_filters" }, status.pksync.features)
+    assert.same({ "paged_pull", "uuid_text", "row_filters", "table_digest" }, status.pksync.features)
     local out = curl(("-X POST -H 'content-type: application/json' -d '{\"auth_token_hash\":\"%s\"}' %s"):format(
       conn.auth_token_hash, site.url .. API .. "list-tables"))
     local tables = json.decode(out).tables

@@ -70,7 +70,7 @@ describe("pksync server (client:handle)", function()
       assert.equals(200, status)
       assert.equals("application/json; charset=utf-8", res.headers["content-type"])
       assert.same({ enabled = true, incoming_mode = "auto_accept", password_required = false,
-        pksync = { version = pksync._VERSION, features = { "paged_pull", "uuid_text", "row_filters" } } }, body)
+        pksync = { version = pksync._VERSION, features = { "paged_pull", "uuid_text", "row_filters", "table_digest" } } }, body)
     end)
 
     it("answers status even when disabled, and 503 elsewhere", function()
@@ -79,7 +79,8 @@ describe("pksync server (client:handle)", function()
       assert.equals(200, status)
       assert.is_false(body.enabled)
       for _, ep in ipairs { "register-connection", "delete-connection", "update-status", "verify-connection",
-                            "get-connection-status", "list-tables", "table-schema", "table-records", "pull-data" } do
+                            "get-connection-status", "list-tables", "table-schema", "table-records", "pull-data",
+                            "table-digest" } do
         local s, b = post(ep, {})
         assert.equals(503, s, ep)
         assert.same({ success = false, error = "DB Sync module is disabled" }, b)
@@ -311,7 +312,7 @@ describe("pksync server (client:handle)", function()
       assert.equals("Missing required fields: auth_token_hash, table_name", body.error)
       status, body = post("pull-data", {})
       assert.same({ "auth_token_hash", "table_name" }, body.fields)
-      for _, ep in ipairs { "list-tables", "table-schema", "table-records", "pull-data" } do
+      for _, ep in ipairs { "list-tables", "table-schema", "table-records", "pull-data", "table-digest" } do
         status, body = post(ep, { auth_token_hash = ("9"):rep(64), table_name = "users" })
         assert.equals(401, status, ep)
         assert.same({ success = false, error = "Invalid connection" }, body)

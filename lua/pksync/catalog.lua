@@ -139,7 +139,8 @@ local COLUMN_TYPES = [[
 SELECT a.attname AS name, a.attnotnull AS not_null, a.attgenerated <> '' AS generated,
        a.attidentity = 'a' AS identity_always, format_type(a.atttypid, a.atttypmod) AS sql_type,
        bt.typname AS typname, bt.typtype AS typtype, bt.typcategory AS category,
-       et.typname AS elem_typname, et.typtype AS elem_typtype, et.typdelim AS elem_delim
+       et.typname AS elem_typname, et.typtype AS elem_typtype, et.typdelim AS elem_delim,
+       a.attcollation <> 0 AS collatable
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
@@ -150,7 +151,7 @@ ORDER BY a.attnum]]
 --- Columns with their types resolved (domains to their base type, arrays
 -- to their element type), in attribute order: what an import needs.
 -- @return rows `{name, not_null, generated, identity_always, sql_type,
---   typname, typtype, category, elem_typname, elem_typtype, elem_delim}`
+--   typname, typtype, category, elem_typname, elem_typtype, elem_delim, collatable}`
 function _M.column_types(db, schema, name)
   return rows_of(db:query(COLUMN_TYPES, util.quote_ident(schema) .. "." .. util.quote_ident(name)))
 end

@@ -71,7 +71,7 @@ local OPTION_TYPES = {
   pull_timeout = "number", ca_file = "string", insecure = "boolean", logger = "function",
   db = "string", max_body = "number", schema = "string", store_tables = "table",
   max_request_body = "number", policy = "table", extensions = "boolean",
-  require_tls = "boolean", lock_timeout = "number",
+  require_tls = "boolean", lock_timeout = "number", digest_max_rows = "number",
 }
 
 local function check_options(opts)
@@ -102,7 +102,8 @@ end
 --   `require_tls` (true: never send a token or hash over plain http except
 --   to loopback), `lock_timeout` (ms an import waits for a table lock, 60000),
 --   `policy` (hooks), `schema` ("public"), `store_tables`, `extensions`,
---   `max_request_body` (bytes, serving side).
+--   `max_request_body` (bytes, serving side), `digest_max_rows` (rows one
+--   table-digest request may scan, 100000).
 -- @return the client; raises on invalid options
 function _M.new(opts)
   opts = opts or {}

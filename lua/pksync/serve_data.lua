@@ -1,5 +1,6 @@
 --- The data endpoints of the serving side: list-tables, table-schema,
--- table-records and pull-data (with the `paged_pull` extension).
+-- table-records and pull-data (with the `paged_pull` extension), and
+-- table-digest (the `table_digest` extension).
 --
 -- Rows leave PostgreSQL as protocol JSON straight from C
 -- (`core.export_rows`); Lua only builds the query and the envelope.
@@ -10,6 +11,7 @@ local catalog = require "pksync.catalog"
 local access = require "pksync.access"
 local answer = require "pksync.answer"
 local policy = require "pksync.policy"
+local digest = require "pksync.digest"
 
 local type, ipairs, pairs, tostring, tonumber, select = type, ipairs, pairs, tostring, tonumber, select
 local setmetatable, getmetatable = setmetatable, getmetatable
@@ -402,6 +404,45 @@ function _M.pull_data(self, req, settings, body)
   if has_more and last_key then info.next_after = encode_cursor(last_key, tid) end
   return { status = 200, headers = { ["content-type"] = "application/json; charset=utf-8" },
            body = pull_envelope(body.table_name, rows_json, info, filtered) }
+end
+
+
+------------------------------------------------------------------------------
+-- table-digest
+
+local DIGEST_ERRORS = {
+  unknown_column = "Unknown column", invalid_bound = "Invalid bound", not_digestible = "Table has no primary key",
+}
+
+--- The columns to hash: names, none of them redacted (a digest of a
+-- hidden column would tell its values apart).
+local function digest_columns(body, hidden)
+  local cols = body.columns
+  if type(cols) ~= "table" or #cols == 0 or #cols > 1600 then return nil end
+  for _, c in ipairs(cols) do
+    if type(c) ~= "string" or hidden[c] then return nil end
+  end
+  return cols
+end
+
+function _M.table_digest(self, req, settings, body)
+  if self.extensions == false then return fail(404, "Not found") end
+  local conn, db = open_request(self, req, body, { "auth_token_hash", "table_name" })
+  if not conn then return db end
+  local hidden = redacted(self, conn, body.table_name)
+  if not hidden then return fail(500, "Failed to digest") end
+  local cols = digest_columns(body, hidden)
+  if not cols then return fail(400, "Unknown column", { error_code = "unknown_column" }) end
+  local range_rows = type(body.range_rows) == "number" and body.range_rows >= 1 and body.range_rows or nil
+  local res, err, detail = digest.ranges(db, self.schema, body.table_name, { columns = cols,
+    after = body.after, upto = body.upto, range_rows = range_rows, max_rows = self.digest_max_rows })
+  if not res then
+    if DIGEST_ERRORS[err] then return fail(400, DIGEST_ERRORS[err], { error_code = err }) end
+    self:log("error", "table-digest of %s failed: %s", body.table_name, tostring(detail and detail.message or err))
+    return fail(500, "Failed to digest")
+  end
+  return reply(200, { success = true, table = body.table_name, key = res.key, ranges = res.ranges,
+                      has_more = res.has_more })
 end
 
 return _M

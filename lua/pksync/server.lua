@@ -24,7 +24,7 @@ local _M = {}
 local reply, fail, require_fields = answer.reply, answer.fail, answer.require_fields
 
 --- Protocol extensions this server offers (GET status: pksync.features).
-local FEATURES = { "paged_pull", "uuid_text", "row_filters" }
+local FEATURES = { "paged_pull", "uuid_text", "row_filters", "table_digest" }
 
 local DEFAULT_MAX_REQUEST_BODY = 1024 * 1024
 ------------------------------------------------------------------------------
@@ -163,6 +163,7 @@ local ENDPOINTS = {
   ["table-schema"] = { handler = serve_data.table_schema },
   ["table-records"] = { handler = serve_data.table_records },
   ["pull-data"] = { handler = serve_data.pull_data },
+  ["table-digest"] = { handler = serve_data.table_digest },
 }
 
 --- The endpoint name of a path under our prefix, or nil.

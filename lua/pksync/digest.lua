@@ -1,0 +1,184 @@
+--- Digests of key ranges: row counts and 64-bit hashes of consecutive
+-- ranges of a table in primary-key order (the `table_digest` extension).
+--
+-- Both sides run the same query over the same bounds, so equal rows give
+-- equal digests whatever each server's defaults:
+--  * the query runs under the catalog's pinned output settings, so every
+--    value hashed through its text (and every key bound sent as text)
+--    reads the same on both sides;
+--  * types whose `=` holds only for identical values are hashed natively
+--    (fast); text and varchar natively under the "C" collation; everything
+--    else through its text, so that 1.10 and 1.1, 0 and -0, or jsonb
+--    numbers of another scale count as a change, as the pull's sameness
+--    check counts them;
+--  * key order and bounds compare collatable keys under "C", so a range
+--    holds the same keys on both sides whatever their collations.
+-- A range's digest is the sum of its rows' `hash_record_extended` modulo
+-- 2^64, as decimal text: independent of the scan's order inside the range.
+-- @module pksync.digest
+local core = require "pksync.core"
+local util = require "pksync.util"
+local catalog = require "pksync.catalog"
+
+local type, ipairs, tostring = type, ipairs, tostring
+local setmetatable = setmetatable
+local unpack = table.unpack or unpack -- luacheck: ignore (5.1 global)
+local str_format, tbl_concat = string.format, table.concat
+local math_floor, math_max, math_min = math.floor, math.max, math.min
+local json_decode = core.json_decode
+local null = core.null
+
+local _M = {}
+
+--- Rows one request may scan by default (a range is split past it).
+_M.DEFAULT_MAX_ROWS = 100000
+
+local NATIVE = {
+  bool = true, int2 = true, int4 = true, int8 = true, oid = true, bytea = true, uuid = true,
+  date = true, timestamp = true, timestamptz = true, text = true, varchar = true,
+}
+
+local q = util.quote_ident
+
+--- The hashed expression of one column: native, native under "C", or text.
+local function hashed(col)
+  local ref = "t." .. q(col.name)
+  if col.category == "A" or not NATIVE[col.typname] then return ref .. "::text" end
+  if col.collatable then return ref .. ' COLLATE "C"' end
+  return ref
+end
+
+--- The key's columns with what ordering them needs.
+-- @return array of {name=, type=, collatable=} or nil, err, detail
+local function key_columns(db, schema, table_name)
+  local pk, err, detail = catalog.primary_key(db, schema, table_name)
+  if not pk then return nil, err, detail end
+  if #pk == 0 then
+    return nil, "not_digestible", { message = table_name .. " has no primary key" }
+  end
+  local types
+  types, err, detail = catalog.column_types(db, schema, table_name)
+  if not types then return nil, err, detail end
+  local collatable = {}
+  for _, c in ipairs(types) do collatable[c.name] = c.collatable end
+  for _, k in ipairs(pk) do k.collatable = collatable[k.name] end
+  return pk
+end
+
+--- Which columns to hash: those named (all must exist), in the order given.
+local function hashed_columns(db, schema, table_name, names)
+  local types, err, detail = catalog.column_types(db, schema, table_name)
+  if not types then return nil, err, detail end
+  local by_name = {}
+  for _, c in ipairs(types) do by_name[c.name] = c end
+  local out = {}
+  for i, n in ipairs(names) do
+    local c = by_name[n]
+    if not c then return nil, "unknown_column", { message = "no column " .. util.display(n) } end
+    out[i] = hashed(c)
+  end
+  return out
+end
+
+local function key_ref(k)
+  local ref = "t." .. q(k.name)
+  return k.collatable and (ref .. ' COLLATE "C"') or ref
+end
+
+--- "(k1, k2) op ($n::type, ...)" for a bound, its values as parameters.
+local function bound_condition(keys, values, op, params)
+  local cols, vals = {}, {}
+  for i, k in ipairs(keys) do
+    cols[i] = key_ref(k)
+    params[#params + 1] = values[i]
+    -- type names come from the catalog (format_type), never from a request
+    vals[i] = str_format("$%d::%s", #params, k.type) .. (k.collatable and ' COLLATE "C"' or "")
+  end
+  return str_format("(%s) %s (%s)", tbl_concat(cols, ", "), op, tbl_concat(vals, ", "))
+end
+
+--- A bound is an array of key values as text, one per key column.
+local function valid_bound(b, nkeys)
+  if b == nil or b == null then return true end
+  if type(b) ~= "table" or #b ~= nkeys then return false end
+  for _, v in ipairs(b) do
+    if type(v) ~= "string" or v:find("\0", 1, true) then return false end
+  end
+  return true
+end
+
+local RANGES_SQL = [[
+SELECT (rn - 1) / %d AS g, count(*) AS n,
+       ((sum(h) %% 18446744073709551616 + 18446744073709551616) %% 18446744073709551616)::text AS digest,
+       max(last_key) AS last_key
+FROM (
+  SELECT row_number() OVER w AS rn, hash_record_extended(ROW(%s), 0) AS h,
+         CASE WHEN row_number() OVER w %% %d = 0 THEN json_build_array(%s)::text END AS last_key
+  FROM (SELECT * FROM %s t%s ORDER BY %s LIMIT %d) t
+  WINDOW w AS (ORDER BY %s)
+) numbered GROUP BY 1 ORDER BY 1]]
+
+--- Digests of consecutive ranges of `range_rows` rows inside (after, upto].
+-- @param db a pksync.pg handle
+-- @param schema the table's schema
+-- @param table_name the table (an identifier)
+-- @param opts `columns` (names to hash, in this order), `after` / `upto`
+--   (bounds: arrays of key texts, nil for open), `range_rows` (rows per
+--   range), `max_rows` (rows scanned at most; DEFAULT_MAX_ROWS)
+-- @return `{key = names, ranges = {{last = key texts or null, rows = n,
+--   digest = text}, ...}, has_more = bool}`: each range runs from the
+--   previous range's `last` (or `after`); the final one of a complete
+--   answer has `last = null` and runs to `upto`. With `has_more`, rows after
+--   the final range's `last` remain. Or nil, err, detail.
+function _M.ranges(db, schema, table_name, opts)
+  local keys, err, detail = key_columns(db, schema, table_name)
+  if not keys then return nil, err, detail end
+  if not valid_bound(opts.after, #keys) or not valid_bound(opts.upto, #keys) then
+    return nil, "invalid_bound", { message = "a bound is an array of one text per key column" }
+  end
+  local cols
+  cols, err, detail = hashed_columns(db, schema, table_name, opts.columns)
+  if not cols then return nil, err, detail end
+  if #cols == 0 then return nil, "unknown_column", { message = "no columns to hash" } end
+  local max_rows = math_max(1, math_floor(opts.max_rows or _M.DEFAULT_MAX_ROWS))
+  local range_rows = math_min(max_rows, math_max(1, math_floor(opts.range_rows or max_rows)))
+  -- whole ranges only: a range is never cut by the scan limit
+  local scan = range_rows * math_floor(max_rows / range_rows)
+  local params, where = {}, {}
+  if opts.after and opts.after ~= null then where[#where + 1] = bound_condition(keys, opts.after, ">", params) end
+  if opts.upto and opts.upto ~= null then where[#where + 1] = bound_condition(keys, opts.upto, "<=", params) end
+  local order, texts, names = {}, {}, {}
+  for i, k in ipairs(keys) do
+    order[i] = key_ref(k)
+    texts[i] = "t." .. q(k.name) .. "::text"
+    names[i] = k.name
+  end
+  local order_list = tbl_concat(order, ", ")
+  local sql = str_format(RANGES_SQL, range_rows, tbl_concat(cols, ", "), range_rows, tbl_concat(texts, ", "),
+    q(schema) .. "." .. q(table_name), #where > 0 and (" WHERE " .. tbl_concat(where, " AND ")) or "",
+    order_list, scan, order_list)
+  local rows
+  rows, err, detail = catalog.with_canonical_text(db, function() return db:query(sql, unpack(params)) end)
+  if not rows then
+    if type(detail) == "table" and (detail.sqlstate == "22P02" or detail.sqlstate == "22003"
+        or detail.sqlstate == "22007" or detail.sqlstate == "22008") then
+      return nil, "invalid_bound", { message = "a bound does not fit the key's type" }
+    end
+    return nil, err, detail
+  end
+  local ranges, total = setmetatable({}, core.array_mt), 0
+  for i, r in ipairs(rows) do
+    total = total + r.n
+    ranges[i] = { rows = r.n, digest = r.digest,
+                  last = r.last_key ~= null and setmetatable(json_decode(r.last_key), core.array_mt) or null }
+  end
+  local has_more = total == scan
+  if #ranges == 0 then
+    ranges[1] = { rows = 0, digest = "0", last = null }
+  elseif not has_more then
+    ranges[#ranges].last = null
+  end
+  return { key = setmetatable(names, core.array_mt), ranges = ranges, has_more = has_more }
+end
+
+return _M
