@@ -196,6 +196,53 @@ describe("pksync.digest", function()
     assert.equals("Invalid connection", body2.error)
   end)
 
+  it("pull-data answers exactly the rows of a range, paged inside it", function()
+    local function pull(fields)
+      fields.auth_token_hash = conn.auth_token_hash
+      fields.uuid_format = "text"
+      local status, body = helper.http("POST", url .. "/phoenix_kit/sync/api/pull-data", core.json_encode(fields))
+      return status, core.json_decode(body)
+    end
+    local function keys_of(data, ...)
+      local out = {}
+      for i, r in ipairs(data) do
+        local k = {}
+        for j, c in ipairs { ... } do k[j] = tostring(r[c]) end
+        out[i] = table.concat(k, "/")
+      end
+      return out
+    end
+    local status, body = pull { table_name = "wire", key_after = { "1" }, key_upto = { "3" } }
+    assert.equals(200, status)
+    assert.is_true(body.ranged)
+    assert.same({ "2", "3" }, keys_of(body.data, "id"))
+    -- paged inside the range: the cursor never leaves it
+    local seen = {}
+    local fields = { table_name = "pairs", key_after = { "B", "1" }, key_upto = { "a", "2" }, limit = 1 }
+    repeat
+      status, body = pull(fields)
+      assert.equals(200, status)
+      for _, k in ipairs(keys_of(body.data, "grp", "seq")) do seen[#seen + 1] = k end
+      fields.after = body.next_after
+    until not body.has_more
+    assert.same({ "B/2", "a/1", "a/2" }, seen)
+    -- the rows of a range are the ones its digest counted
+    local _, d = remote { table_name = "pairs", columns = { "grp" }, range_rows = 2 }
+    _, body = pull { table_name = "pairs", key_upto = d.ranges[1].last }
+    assert.equals(d.ranges[1].rows, #body.data)
+    _, body = pull { table_name = "pairs", key_after = d.ranges[2].last }
+    assert.same({ "é/1" }, keys_of(body.data, "grp", "seq"))
+    status, body = pull { table_name = "loose", key_after = { "x" } }
+    assert.equals(400, status)
+    assert.equals("not_digestible", body.error_code)
+    status, body = pull { table_name = "wire", key_after = { "one" } }
+    assert.equals(400, status)
+    assert.equals("invalid_bound", body.error_code)
+    status, body = pull { table_name = "wire", key_after = "1" }
+    assert.equals(400, status)
+    assert.equals("invalid_bound", body.error_code)
+  end)
+
   it("is not offered by a server with extensions off", function()
     local plain = pksync.new { db = a_ci, site_url = "https://a.example", extensions = false }
     local res = plain:handle { method = "POST", path = "/phoenix_kit/sync/api/table-digest", remote_addr = "127.0.0.1",

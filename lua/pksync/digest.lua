@@ -50,7 +50,8 @@ end
 
 --- The key's columns with what ordering them needs.
 -- @return array of {name=, type=, collatable=} or nil, err, detail
-local function key_columns(db, schema, table_name)
+-- ("not_digestible" for a table without a primary key)
+function _M.key_columns(db, schema, table_name)
   local pk, err, detail = catalog.primary_key(db, schema, table_name)
   if not pk then return nil, err, detail end
   if #pk == 0 then
@@ -107,6 +108,26 @@ local function valid_bound(b, nkeys)
   return true
 end
 
+--- The conditions that keep the rows of the range (after, upto] of `keys`
+-- (from key_columns), their values appended to params as $n.
+-- @return array of SQL conditions (empty for an open range), or nil,
+--   "invalid_bound", detail
+function _M.range_conditions(keys, after, upto, params)
+  if not valid_bound(after, #keys) or not valid_bound(upto, #keys) then
+    return nil, "invalid_bound", { message = "a bound is an array of one text per key column" }
+  end
+  local where = {}
+  if after and after ~= null then where[#where + 1] = bound_condition(keys, after, ">", params) end
+  if upto and upto ~= null then where[#where + 1] = bound_condition(keys, upto, "<=", params) end
+  return where
+end
+
+--- Whether a database error is a bound that does not fit the key's type.
+function _M.is_bad_bound(detail)
+  local state = type(detail) == "table" and detail.sqlstate
+  return state == "22P02" or state == "22003" or state == "22007" or state == "22008"
+end
+
 local RANGES_SQL = [[
 SELECT (rn - 1) / %d AS g, count(*) AS n,
        ((sum(h) %% 18446744073709551616 + 18446744073709551616) %% 18446744073709551616)::text AS digest,
@@ -131,11 +152,12 @@ FROM (
 --   answer has `last = null` and runs to `upto`. With `has_more`, rows after
 --   the final range's `last` remain. Or nil, err, detail.
 function _M.ranges(db, schema, table_name, opts)
-  local keys, err, detail = key_columns(db, schema, table_name)
+  local keys, err, detail = _M.key_columns(db, schema, table_name)
   if not keys then return nil, err, detail end
-  if not valid_bound(opts.after, #keys) or not valid_bound(opts.upto, #keys) then
-    return nil, "invalid_bound", { message = "a bound is an array of one text per key column" }
-  end
+  local params = {}
+  local where
+  where, err, detail = _M.range_conditions(keys, opts.after, opts.upto, params)
+  if not where then return nil, err, detail end
   local cols
   cols, err, detail = hashed_columns(db, schema, table_name, opts.columns)
   if not cols then return nil, err, detail end
@@ -144,9 +166,6 @@ function _M.ranges(db, schema, table_name, opts)
   local range_rows = math_min(max_rows, math_max(1, math_floor(opts.range_rows or max_rows)))
   -- whole ranges only: a range is never cut by the scan limit
   local scan = range_rows * math_floor(max_rows / range_rows)
-  local params, where = {}, {}
-  if opts.after and opts.after ~= null then where[#where + 1] = bound_condition(keys, opts.after, ">", params) end
-  if opts.upto and opts.upto ~= null then where[#where + 1] = bound_condition(keys, opts.upto, "<=", params) end
   local order, texts, names = {}, {}, {}
   for i, k in ipairs(keys) do
     order[i] = key_ref(k)
@@ -160,8 +179,7 @@ function _M.ranges(db, schema, table_name, opts)
   local rows
   rows, err, detail = catalog.with_canonical_text(db, function() return db:query(sql, unpack(params)) end)
   if not rows then
-    if type(detail) == "table" and (detail.sqlstate == "22P02" or detail.sqlstate == "22003"
-        or detail.sqlstate == "22007" or detail.sqlstate == "22008") then
+    if _M.is_bad_bound(detail) then
       return nil, "invalid_bound", { message = "a bound does not fit the key's type" }
     end
     return nil, err, detail

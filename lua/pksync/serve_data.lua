@@ -25,6 +25,9 @@ local _M = {}
 local fail, reply = answer.fail, answer.reply
 
 local MAX_FILTER_IDS = 1000
+local DIGEST_ERRORS = {
+  unknown_column = "Unknown column", invalid_bound = "Invalid bound", not_digestible = "Table has no primary key",
+}
 local CTID = "__pksync_ctid"
 
 ------------------------------------------------------------------------------
@@ -317,15 +320,34 @@ local function add_keyset(q, pk, cursor)
   q.where[#q.where + 1] = str_format("(%s) > (%s)", tbl_concat(cols, ", "), tbl_concat(vals, ", "))
 end
 
-local function pull_query(self, body, pk, page, cursor)
+--- The table_digest extension's key range (key_after, key_upto], added to
+-- q: the rows of one range of a table-digest answer.
+-- @return true when a range applies, false when none; or nil, answer
+local function add_key_range(self, db, q, body)
+  if body.key_after == nil and body.key_upto == nil then return false end
+  local keys, err = digest.key_columns(db, self.schema, body.table_name)
+  if not keys then
+    if err == "not_digestible" then return nil, fail(400, DIGEST_ERRORS[err], { error_code = err }) end
+    return nil, fail(500, "Failed to pull data")
+  end
+  local where = digest.range_conditions(keys, body.key_after, body.key_upto, q.params)
+  if not where then return nil, fail(400, DIGEST_ERRORS.invalid_bound, { error_code = "invalid_bound" }) end
+  for _, c in ipairs(where) do q.where[#q.where + 1] = c end
+  return true
+end
+
+local function pull_query(self, db, body, pk, page, cursor)
   local q = new_query()
   local filtered, bad = add_filter(q, body, pk)
   if filtered == nil then return nil, bad end
+  local ranged
+  ranged, bad = add_key_range(self, db, q, body)
+  if ranged == nil then return nil, bad end
   if cursor then add_keyset(q, pk, cursor) end
   local select = #pk == 0 and ("t.ctid AS " .. CTID .. ", t.*") or "t.*"
   local sql = str_format("SELECT %s FROM %s t%s%s LIMIT %s", select, qualified(self, body.table_name),
     where_sql(q), order_by(pk), bind(q, page + 1))
-  return sql, q.params, filtered
+  return sql, q.params, filtered, ranged
 end
 
 local function strategy_of(body)
@@ -356,12 +378,13 @@ end
 
 --- The pull-data answer. The paging fields come before the rows, so a
 -- client can ask for the next page while this one is still arriving.
-local function pull_envelope(name, rows_json, info, filtered)
+local function pull_envelope(name, rows_json, info, filtered, ranged)
   local parts = { '{"success":true,"table":', json_encode(name),
     ',"has_more":', info.has_more and "true" or "false",
     ',"next_after":', info.next_after and json_encode(info.next_after) or "null" }
   if info.has_more then parts[#parts + 1] = ',"truncated":true' end
   if filtered then parts[#parts + 1] = ',"filtered":true' end
+  if ranged then parts[#parts + 1] = ',"ranged":true' end
   parts[#parts + 1] = ',"data":'
   parts[#parts + 1] = rows_json
   parts[#parts + 1] = "}"
@@ -373,7 +396,7 @@ function _M.pull_data(self, req, settings, body)
   if not conn then return db end
   if self.extensions == false then
     -- behave as a plain PhoenixKit sender: no paging, PhoenixKit's uuid form
-    body.limit, body.after, body.uuid_format = nil, nil, nil
+    body.limit, body.after, body.uuid_format, body.key_after, body.key_upto = nil, nil, nil, nil, nil
   end
   local hidden = redacted(self, conn, body.table_name)
   local pk = catalog.primary_key(db, self.schema, body.table_name)
@@ -383,7 +406,7 @@ function _M.pull_data(self, req, settings, body)
   local page, bad = access.pull_budget(conn, cursor == false, fail)
   if not page then return bad end
   if type(body.limit) == "number" and body.limit >= 1 then page = math_min(page, math_floor(body.limit)) end
-  local sql, params, filtered = pull_query(self, body, pk, page, cursor)
+  local sql, params, filtered, ranged = pull_query(self, db, body, pk, page, cursor)
   if not sql then return params end
   local keys = {}
   for i, k in ipairs(pk) do keys[i] = k.name end
@@ -395,6 +418,9 @@ function _M.pull_data(self, req, settings, body)
     -- a cursor whose key values do not fit the key's type: forged or stale
     return fail(400, "Invalid cursor", { error_code = "invalid_cursor" })
   end
+  if ranged and not rows_json and digest.is_bad_bound(has_more) then
+    return fail(400, DIGEST_ERRORS.invalid_bound, { error_code = "invalid_bound" })
+  end
   if not rows_json then
     self:log("error", "pull-data of %s failed: %s", body.table_name, tostring(count))
     return fail(500, "Failed to pull data")
@@ -403,16 +429,12 @@ function _M.pull_data(self, req, settings, body)
   local tid = record_pull(self, conn, req, body, info)
   if has_more and last_key then info.next_after = encode_cursor(last_key, tid) end
   return { status = 200, headers = { ["content-type"] = "application/json; charset=utf-8" },
-           body = pull_envelope(body.table_name, rows_json, info, filtered) }
+           body = pull_envelope(body.table_name, rows_json, info, filtered, ranged) }
 end
 
 
 ------------------------------------------------------------------------------
 -- table-digest
-
-local DIGEST_ERRORS = {
-  unknown_column = "Unknown column", invalid_bound = "Invalid bound", not_digestible = "Table has no primary key",
-}
 
 --- The columns to hash: names, none of them redacted (a digest of a
 -- hidden column would tell its values apart).
