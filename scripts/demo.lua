@@ -107,7 +107,7 @@ local ok, err = pcall(function()
   end
   if not all_equal then error("B's data differs from A's", 0) end
 
-  step("A changes two products; a second sync pulls only what changed")
+  step("A changes two products; a second sync compares digests of key ranges and moves only the 10-row range that holds them")
   helper.psql(a.dbname, "UPDATE products SET price = price + 1, updated_at = now() WHERE id IN (3, 4)")
   pksync_cmd(b, { "sync", a.url, "--policy", "examples/policies/newest_wins.lua" })
   local fa, fb = fingerprint(a, "products"), fingerprint(b, "products")

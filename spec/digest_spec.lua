@@ -134,7 +134,7 @@ describe("pksync.digest", function()
     assert.is_false(rest.has_more)
     assert.equals(1, #rest.ranges)
     assert.equals(1, rest.ranges[1].rows)
-    assert.equals(core.null, rest.ranges[1].last)
+    assert.same({ "5" }, rest.ranges[1].last)
     -- a bounded range: (1, 3]
     local _, mid = remote { table_name = "wire", columns = { "id" }, after = { "1" }, upto = { "3" } }
     assert.equals(2, mid.ranges[1].rows)

@@ -146,11 +146,12 @@ FROM (
 -- @param opts `columns` (names to hash, in this order), `after` / `upto`
 --   (bounds: arrays of key texts, nil for open), `range_rows` (rows per
 --   range), `max_rows` (rows scanned at most; DEFAULT_MAX_ROWS)
--- @return `{key = names, ranges = {{last = key texts or null, rows = n,
+-- @return `{key = names, ranges = {{last = key texts, rows = n,
 --   digest = text}, ...}, has_more = bool}`: each range runs from the
---   previous range's `last` (or `after`); the final one of a complete
---   answer has `last = null` and runs to `upto`. With `has_more`, rows after
---   the final range's `last` remain. Or nil, err, detail.
+--   previous range's `last` (or `after`) to its own `last`, except the
+--   final one of a complete answer, which runs to `upto` (or the end); an
+--   empty range has `last = null`. With `has_more`, rows after the final
+--   range's `last` remain. Or nil, err, detail.
 function _M.ranges(db, schema, table_name, opts)
   local keys, err, detail = _M.key_columns(db, schema, table_name)
   if not keys then return nil, err, detail end
@@ -166,13 +167,14 @@ function _M.ranges(db, schema, table_name, opts)
   local range_rows = math_min(max_rows, math_max(1, math_floor(opts.range_rows or max_rows)))
   -- whole ranges only: a range is never cut by the scan limit
   local scan = range_rows * math_floor(max_rows / range_rows)
-  local order, texts, names = {}, {}, {}
+  local order, desc, texts, names = {}, {}, {}, {}
   for i, k in ipairs(keys) do
     order[i] = key_ref(k)
+    desc[i] = key_ref(k) .. " DESC"
     texts[i] = "t." .. q(k.name) .. "::text"
     names[i] = k.name
   end
-  local order_list = tbl_concat(order, ", ")
+  local order_list, desc_list = tbl_concat(order, ", "), tbl_concat(desc, ", ")
   local sql = str_format(RANGES_SQL, range_rows, tbl_concat(cols, ", "), range_rows, tbl_concat(texts, ", "),
     q(schema) .. "." .. q(table_name), #where > 0 and (" WHERE " .. tbl_concat(where, " AND ")) or "",
     order_list, scan, order_list)
@@ -193,10 +195,51 @@ function _M.ranges(db, schema, table_name, opts)
   local has_more = total == scan
   if #ranges == 0 then
     ranges[1] = { rows = 0, digest = "0", last = null }
-  elseif not has_more then
-    ranges[#ranges].last = null
+  elseif ranges[#ranges].last == null then
+    -- a final range shorter than range_rows: its last key is the range's last
+    local last
+    last, err, detail = catalog.with_canonical_text(db, function()
+      return db:query(str_format("SELECT json_build_array(%s)::text AS k FROM %s t%s ORDER BY %s LIMIT 1",
+        tbl_concat(texts, ", "), q(schema) .. "." .. q(table_name),
+        #where > 0 and (" WHERE " .. tbl_concat(where, " AND ")) or "", desc_list), unpack(params))
+    end)
+    if not last then return nil, err, detail end
+    ranges[#ranges].last = setmetatable(json_decode(last[1].k), core.array_mt)
   end
   return { key = setmetatable(names, core.array_mt), ranges = ranges, has_more = has_more }
+end
+
+--- Whether the table has any row.
+-- @return true, false, or nil, err, detail
+function _M.has_rows(db, schema, table_name)
+  local rows, err, detail = db:query(str_format("SELECT EXISTS (SELECT 1 FROM %s) AS any",
+    q(schema) .. "." .. q(table_name)))
+  if not rows then return nil, err, detail end
+  return rows[1].any
+end
+
+--- Delete the local rows of (after, upto] whose keys are not among `keys`
+-- (an array of key-text arrays): the rows a sender no longer has.
+-- @return the number of rows deleted, or nil, err, detail
+function _M.delete_missing(db, schema, table_name, after, upto, keys)
+  local pk, err, detail = _M.key_columns(db, schema, table_name)
+  if not pk then return nil, err, detail end
+  local params = { core.json_encode(setmetatable(keys, core.array_mt)) }
+  local where
+  where, err, detail = _M.range_conditions(pk, after, upto, params)
+  if not where then return nil, err, detail end
+  local cols, elems = {}, {}
+  for i, k in ipairs(pk) do
+    cols[i] = "t." .. q(k.name)
+    elems[i] = str_format("(e->>%d)::%s", i - 1, k.type)
+  end
+  where[#where + 1] = str_format("(%s) NOT IN (SELECT %s FROM jsonb_array_elements($1::jsonb) e)",
+    tbl_concat(cols, ", "), tbl_concat(elems, ", "))
+  local rows
+  rows, err, detail = db:query(str_format("WITH gone AS (DELETE FROM %s t WHERE %s RETURNING 1) " ..
+    "SELECT count(*) AS n FROM gone", q(schema) .. "." .. q(table_name), tbl_concat(where, " AND ")), unpack(params))
+  if not rows then return nil, err, detail end
+  return rows[1].n
 end
 
 return _M

@@ -13,6 +13,7 @@ local type, error, ipairs, pairs, next, tostring = type, error, ipairs, pairs, n
 local setmetatable, getmetatable = setmetatable, getmetatable
 local math_floor = math.floor
 local str_format = string.format
+local null = core.null
 
 local _M = {}
 
@@ -412,5 +413,31 @@ function _M.fetch_pull_page(self, conn, table_name, opts)
   }
 end
 
+--- Digests of consecutive key ranges of a sender's table (POST
+-- table-digest, the table_digest extension; see docs/extensions.md).
+-- @param fields `columns` (names to hash, in order), `after` / `upto`
+--   (bounds: arrays of key texts), `range_rows`
+-- @param opts `timeout`
+-- @return `{key, ranges = {{last, rows, digest}, ...}, has_more}` or nil, err, detail
+function _M.fetch_table_digest(self, conn, table_name, fields, opts)
+  local bad, why = check_table(table_name, "fetch_table_digest")
+  if bad then return nil, bad, why end
+  opts = opts or {}
+  local req = { table_name = table_name, columns = setmetatable(fields.columns, core.array_mt),
+                after = fields.after, upto = fields.upto, range_rows = fields.range_rows }
+  opts.timeout = opts.timeout or self.pull_timeout
+  local body, err, detail = data_call(self, conn, "table-digest", "fetch_table_digest", req, opts, "table_not_found")
+  if not body then return nil, err, detail end
+  if not is_array(body.ranges) or #body.ranges == 0 or not is_array(body.key) then
+    return nil, "invalid_response", { http_status = 200, message = "ranges is not a list" }
+  end
+  for _, r in ipairs(body.ranges) do
+    if type(r) ~= "table" or type(r.rows) ~= "number" or type(r.digest) ~= "string"
+       or (r.last ~= null and not is_array(r.last)) then
+      return nil, "invalid_response", { http_status = 200, message = "a range lacks rows, digest or last" }
+    end
+  end
+  return { key = body.key, ranges = body.ranges, has_more = body.has_more == true }
+end
 
 return _M

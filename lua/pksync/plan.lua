@@ -11,6 +11,7 @@ local catalog = require "pksync.catalog"
 local ipairs, pairs, type, tostring = ipairs, pairs, type, tostring
 local str_format, tbl_concat = string.format, table.concat
 local setmetatable = setmetatable
+local json_encode = core.json_encode
 
 local _M = {}
 
@@ -213,6 +214,22 @@ end
 function _M.keymap_ddl()
   return str_format("CREATE TEMP TABLE IF NOT EXISTS %s (tbl text, remote_key text, local_key text, " ..
     "PRIMARY KEY (tbl, remote_key))", q(_M.KEYMAP))
+end
+
+--- Whether keys of the plan's table, or of the tables its foreign keys
+-- point at, were mapped to other local keys in this session: then local
+-- rows do not carry the sender's values, and digests cannot compare them.
+-- @return true, false, or nil, err, detail
+function _M.keys_mapped(db, p)
+  local tables = { p.table }
+  for _, fk in ipairs(p.foreign_keys or {}) do tables[#tables + 1] = fk.parent end
+  local rows, err, detail = db:query("SELECT to_regclass($1) IS NOT NULL AS present", "pg_temp." .. q(_M.KEYMAP))
+  if not rows then return nil, err, detail end
+  if not rows[1].present then return false end
+  rows, err, detail = db:query(str_format("SELECT EXISTS (SELECT 1 FROM %s WHERE tbl IN " ..
+    "(SELECT jsonb_array_elements_text($1::jsonb))) AS used", q(_M.KEYMAP)), json_encode(tables))
+  if not rows then return nil, err, detail end
+  return rows[1].used
 end
 
 ------------------------------------------------------------------------------

@@ -10,7 +10,10 @@
 local core = require "pksync.core"
 local util = require "pksync.util"
 local plan = require "pksync.plan"
+local catalog = require "pksync.catalog"
 local transport = require "pksync.transport"
+local incremental = require "pksync.incremental"
+local digest = require "pksync.digest"
 
 local type, ipairs, pairs, pcall, error, tostring = type, ipairs, pairs, pcall, error, tostring
 local setmetatable = setmetatable
@@ -27,12 +30,16 @@ local RECORDS_PAGE = 100          -- table-records' own cap
 ------------------------------------------------------------------------------
 -- peer facts
 
+--- The sender's column names, in its order, and its columns by name.
 local function remote_column_names(self, conn, table_name, opts)
   local schema, err, detail = self:fetch_table_schema(conn, table_name, { timeout = opts.timeout })
   if not schema then return nil, err, detail end
-  local names = {}
-  for _, c in ipairs(schema.columns) do names[#names + 1] = c.column_name end
-  return names
+  local names, by_name = {}, {}
+  for _, c in ipairs(schema.columns) do
+    names[#names + 1] = c.column_name
+    by_name[c.column_name] = c
+  end
+  return names, by_name
 end
 
 --- The sender's row count for a table (for plain senders), or nil.
@@ -83,7 +90,8 @@ local function save_progress(self, transfer, result, cursor, status, message)
     records_failed = (base.records_failed or 0) + result.records_failed,
     bytes_transferred = (base.bytes_transferred or 0) + result.bytes,
     metadata = { path = result.path, pages = result.pages, unknown_columns = result.unknown_columns,
-                 records_unchanged = result.records_unchanged,
+                 records_unchanged = result.records_unchanged, records_deleted = result.records_deleted,
+                 ranges_compared = result.ranges_compared, ranges_pulled = result.ranges_pulled,
                  error_sample = result.error_sample },
   }
   if cursor ~= nil then fields.cursor = cursor end
@@ -202,10 +210,17 @@ end
 -- paths
 
 --- paged_pull: keyset pages until the sender has no more; each next page
--- is fetched while the current one is imported.
-local function pull_paged(self, ctx)
-  local cursor = ctx.cursor
-  local base = page_body(ctx, { conflict_strategy = ctx.strategy, limit = ctx.opts.page_size })
+-- is fetched while the current one is imported. With a key range
+-- ({after=, upto=}, the table_digest extension), only that range's rows,
+-- and no resumable cursor is kept.
+local function pull_paged(self, ctx, range)
+  local cursor = not range and ctx.cursor or nil
+  local fields = { conflict_strategy = ctx.strategy, limit = ctx.opts.page_size }
+  if range then
+    fields.key_after = range.after and setmetatable(range.after, core.array_mt)
+    fields.key_upto = range.upto and setmetatable(range.upto, core.array_mt)
+  end
+  local base = page_body(ctx, fields)
   local prefix = base:sub(1, -2) .. ',"after":'
   local page = { next_http = ctx.opts.prefetch ~= false and self:prefetch_http() or nil,
                  next_prefix = prefix, next_suffix = "}" }
@@ -218,7 +233,7 @@ local function pull_paged(self, ctx)
       return nil, "invalid_response", { message = "has_more without next_after" }
     end
     cursor = res.next_after
-    save_progress(self, ctx.transfer, ctx.result, cursor or core.null)
+    if not range then save_progress(self, ctx.transfer, ctx.result, cursor or core.null) end
     local ok, perr = progress(ctx, not res.has_more)
     if not ok then return nil, "callback_failed", { message = perr } end
   until not res.has_more
@@ -351,15 +366,16 @@ local function prepare(self, conn, table_name, opts)
   local facts
   facts, err, detail = plan.inspect(db, self.schema, table_name, strategy)
   if not facts then return nil, err, detail end
-  local remote
-  remote, err, detail = remote_column_names(self, conn, table_name, opts)
-  if not remote then return nil, err, detail end
+  local remote, remote_by_name
+  remote, remote_by_name, detail = remote_column_names(self, conn, table_name, opts)
+  if not remote then return nil, remote_by_name, detail end
   local p
   p, err, detail = plan.build(db, facts, remote, { remap = opts.remap })
   if not p then return nil, err, detail end
   local local_names = {}
   for _, c in ipairs(facts.columns) do local_names[c.name] = true end
-  return { db = db, plan = p, strategy = strategy, local_names = local_names }
+  return { db = db, plan = p, strategy = strategy, local_names = local_names, remote = remote,
+           remote_by_name = remote_by_name }
 end
 
 --- Commit an atomic pull when everything arrived and no row failed, else
@@ -391,6 +407,48 @@ local function end_atomic(ctx, ok, err, detail)
     return nil, "atomic_failed", why
   end
   return ok, err, detail
+end
+
+local EMPTY = "the local table is empty"
+
+--- Why an incremental pull cannot run (nil when it can): it needs the
+-- sender's table_digest extension, rows here, no remapping or resume, and
+-- the same primary key on both sides (names and types), so that both order
+-- and bound the ranges alike.
+local function incremental_refusal(self, ctx, prep, features, direct)
+  if not features.table_digest then return "the sender does not offer table_digest" end
+  if direct or digest.has_rows(ctx.db, self.schema, ctx.table) ~= true then return EMPTY end
+  if ctx.opts.remap and plan.keys_mapped(ctx.db, ctx.plan) ~= false then
+    return "keys of this table or its parents were mapped to other local keys"
+  end
+  if ctx.cursor then return "an interrupted pull is resumed" end
+  local keys = digest.key_columns(ctx.db, self.schema, ctx.table)
+  if not keys then return "the local table has no primary key" end
+  local local_cols = catalog.columns(ctx.db, self.schema, ctx.table)
+  if not local_cols then return "the local columns could not be read" end
+  local local_type = {}
+  for _, c in ipairs(local_cols) do local_type[c.column_name] = c.data_type end
+  for _, k in ipairs(keys) do
+    local theirs = prep.remote_by_name[k.name]
+    if not theirs or theirs.data_type ~= local_type[k.name] then
+      return "the primary key differs from the sender's"
+    end
+  end
+  return nil
+end
+
+--- An incremental pull's state (see pksync.incremental).
+local function incremental_state(self, ctx, prep)
+  local columns = {}
+  for _, name in ipairs(prep.remote) do
+    if prep.local_names[name] then columns[#columns + 1] = name end
+  end
+  return { client = self, conn = ctx.conn, db = ctx.db, schema = self.schema, table = ctx.table,
+           columns = columns, mirror = ctx.opts.mirror == true, timeout = ctx.opts.timeout,
+           range_rows = ctx.opts.digest_rows,
+           result = ctx.result,
+           pull_range = function(after, upto) return pull_paged(self, ctx, { after = after, upto = upto }) end,
+           pull_all = function() return pull_paged(self, ctx) end }
 end
 
 local function finish(self, ctx, ok, err, detail)
@@ -426,10 +484,15 @@ end
 -- @param opts `conflict_strategy` (skip, overwrite, merge, append), `timeout`
 --   (ms per page), `atomic` (all or nothing), `batch_rows`, `page_size`,
 --   `on_progress(event)`, `resume` (continue an interrupted pull), `direct`
---   (false: never COPY straight into an empty target)
+--   (false: never COPY straight into an empty target), `incremental` (pull
+--   only the key ranges whose digests differ, where the sender offers
+--   table_digest: path "incremental"), `mirror` (incremental, and delete
+--   local rows of the compared ranges that the sender no longer has),
+--   `digest_rows` (rows per first-level digest range, 1000)
 -- @return `{records_transferred, records_imported, records_updated,
 --   records_skipped, records_failed, error_sample, pages, seconds, path,
---   unknown_columns, transfer_uuid}` or nil, err, detail (detail.result has
+--   unknown_columns, transfer_uuid}`, and for an incremental pull
+--   `ranges_compared, ranges_pulled, records_deleted, sender_changed` or nil, err, detail (detail.result has
 --   the counts committed before the failure)
 function _M.pull_table_data(self, conn, table_name, opts)
   check_args(conn, table_name, opts)
@@ -496,7 +559,16 @@ function _M.pull_table_data(self, conn, table_name, opts)
   ctx.spec = function(array_key) return plan.importer_spec(p, direct, array_key, batch, nil, extra) end
   ctx.importer = core.importer_new(ctx.spec("data"))
   local ok
-  if features.paged_pull then
+  -- mirroring is an incremental pull that also deletes
+  local wanted = opts.incremental or opts.mirror
+  local refusal = wanted and incremental_refusal(self, ctx, prep, features, direct)
+  if opts.mirror and refusal and refusal ~= EMPTY then
+    return finish(self, ctx, nil, "mirror_unavailable",
+      { message = "mirror needs an incremental pull: " .. refusal })
+  end
+  if wanted and not refusal then
+    ok, err, detail = incremental.run(incremental_state(self, ctx, prep))
+  elseif features.paged_pull then
     ok, err, detail = pull_paged(self, ctx)
   else
     ok, err, detail = pull_plain(self, ctx)
@@ -581,6 +653,8 @@ end
 -- later pass rewrote them) in the later pass; report them as imported, as
 -- they were.
 local function fold_earlier(r, previous)
+  -- every pass's rows crossed the wire
+  r.records_transferred = r.records_transferred + previous.records_transferred
   local earlier = previous.records_imported
   r.records_imported = r.records_imported + earlier
   for _, field in ipairs { "records_skipped", "records_unchanged", "records_updated" } do

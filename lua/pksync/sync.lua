@@ -15,7 +15,7 @@ local now = core.monotonic_ms
 
 local _M = {}
 
-local TOTALS = { "transferred", "imported", "updated", "unchanged", "skipped", "filtered", "failed" }
+local TOTALS = { "transferred", "imported", "updated", "unchanged", "skipped", "filtered", "failed", "deleted" }
 
 --- True when the local table already holds exactly the sender's rows
 -- (same checksum, computed the same way as the sender's list-tables).
@@ -62,7 +62,10 @@ local function table_options(policy, conn, opts)
     if not strategy then
       strategy = type(conn.default_conflict_strategy) == "string" and conn.default_conflict_strategy or "skip"
     end
-    local o = { conflict_strategy = strategy, transform = policy_mod.transformer(policy, name, conn) }
+    -- incremental by default: it runs only where the sender offers digests
+    -- and the local table has rows, else the pull is a full one
+    local o = { conflict_strategy = strategy, transform = policy_mod.transformer(policy, name, conn),
+                incremental = opts.incremental ~= false, mirror = opts.mirror == true }
     if strategy == "custom" then
       o.resolve = policy_mod.resolver(policy, name, conn)
       if not o.resolve then return nil, "strategy custom for " .. name .. " needs a resolve hook" end
@@ -95,7 +98,8 @@ local function entry_of(name, r, strategy_of)
   return { name = name, action = "pulled", strategy = r.strategy, path = r.path,
     transferred = r.records_transferred, imported = r.records_imported, updated = r.records_updated,
     skipped = r.records_skipped, unchanged = r.records_unchanged, filtered = r.records_filtered,
-    failed = r.records_failed,
+    failed = r.records_failed, deleted = r.records_deleted, ranges_compared = r.ranges_compared,
+    ranges_pulled = r.ranges_pulled,
     seconds = r.seconds, error_sample = r.error_sample, unknown_columns = r.unknown_columns }
 end
 
@@ -115,7 +119,9 @@ end
 -- @param opts `tables` (names), `strategy` (for every table), `policy` (a
 --   table of hooks or a policy file's path; default the client's),
 --   `dry_run` (report what would change, write nothing), `on_progress`,
---   `timeout`, `page_size`
+--   `timeout`, `page_size`, `incremental` (default true: re-sync by digests
+--   where the sender offers them), `mirror` (also delete local rows the
+--   sender no longer has; never the default)
 -- @return report `{sender_status, dry_run, seconds, order, cycles, tables =
 --   {{name, action = "pulled"|"unchanged"|"failed", strategy, transferred,
 --   imported, updated, skipped, filtered, failed, seconds, error, message,
