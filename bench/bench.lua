@@ -102,12 +102,37 @@ local resolved = helper.psql(dst_db, "SELECT count(*) FILTER (WHERE name LIKE '%
 assert(resolved == ("%d/%d"):format(SMALL // 2, SMALL // 2), "resolve kept the wrong rows: " .. resolved)
 local p_empty = pull_process(dst_ci, url, hash, "items", "skip")
 local p_over = pull_process(dst_ci, url, hash, "items", "overwrite")
-srv.stop()
 
-assert(p_empty.imported == ROWS and p_over.updated == ROWS, "pulls incomplete")
+-- an overwrite of rows equal to the local ones writes none of them
+assert(p_empty.imported == ROWS and p_over.unchanged == ROWS, "pulls incomplete")
 local same = helper.psql(dst_db, "SELECT count(*) FROM items d JOIN items_l l USING (id) WHERE d::text = " ..
   "ROW(l.id, l.uuid, l.name, l.price, l.active, l.created_at, l.tags, l.payload)::items::text")
 assert(tonumber(same) == ROWS, "pulled rows differ from the source: " .. same)
+
+-- Re-syncs, each timed against p_over (a full overwrite pull of the same
+-- table in this run) and each proved in SQL: both tables' rows, sorted, hash
+-- the same (EXCEPT both ways empty).
+local function proof(label)
+  local a_fp, b_fp = helper.fingerprint(src_db, "items"), helper.fingerprint(dst_db, "items")
+  assert(a_fp == b_fp, label .. ": the receiver differs from the sender")
+end
+local r0 = pull_process(dst_ci, url, hash, "items", "overwrite", "mirror")
+proof("R0")
+-- R1: 0.1 % of the rows updated, spread over the keys, and 0.01 % each inserted and deleted
+local step = 1000
+helper.psql(src_db, ([[UPDATE items SET price = price + 1 WHERE id %% %d = 0;
+  INSERT INTO items SELECT g, gen_random_uuid(), 'new ' || g, 1, true, now(), '{}', '{}'
+    FROM generate_series(%d, %d) g;
+  DELETE FROM items WHERE id %% %d = %d]]):format(step, ROWS + 1, ROWS + math.max(1, ROWS // 10000),
+  step * 10, step * 5 + 1))
+local r1_changed = ROWS // step + 2 * math.max(1, ROWS // 10000)
+local r1 = pull_process(dst_ci, url, hash, "items", "overwrite", "mirror")
+proof("R1")
+-- R10: 10 % of the rows updated
+helper.psql(src_db, "UPDATE items SET price = price + 1 WHERE id % 10 = 3")
+local r10 = pull_process(dst_ci, url, hash, "items", "overwrite", "incremental")
+proof("R10")
+srv.stop()
 
 local l_rate = ROWS / t_l
 local a_rate = SMALL / t_a
@@ -128,12 +153,28 @@ say("| P: custom strategy, every row a conflict through a Lua resolve hook | %d 
 say("| (P without a hook, same %d rows) | %d | %.2f | %.0f | %.2f | %.1f |", SMALL, p_small.rows, p_small.seconds,
   rate(p_small), rate(p_small) / l_rate, rate(p_small) / a_rate)
 say("")
+say("| re-sync (overwrite; against the full overwrite pull above) | rows transferred | bytes | seconds | vs full | path, ranges compared/pulled, deleted |")
+say("| --- | ---: | ---: | ---: | ---: | --- |")
+local function resync(label, r)
+  say("| %s | %d | %d | %.2f | %.1f x | %s, %d/%d, %d |", label, r.rows, r.bytes, r.seconds, p_over.seconds / r.seconds,
+    r.path, r.ranges_compared, r.ranges_pulled, r.deleted)
+end
+resync("R0: unchanged, digest path, mirror", r0)
+resync(("R1: %d rows changed (0.1 %% updated, 0.01 %% inserted, 0.01 %% deleted), mirror"):format(r1_changed), r1)
+resync("R10: 10 % updated, incremental", r10)
+say("")
 say("peak RSS of the importing process: %.1f MiB at %d rows, %.1f MiB at %d rows",
   p_small.peak_rss_kib / 1024, p_small.rows, p_empty.peak_rss_kib / 1024, p_empty.rows)
-local peak_kib = math.max(p_small.peak_rss_kib, p_empty.peak_rss_kib, p_over.peak_rss_kib)
+local peak_kib = math.max(p_small.peak_rss_kib, p_empty.peak_rss_kib, p_over.peak_rss_kib, r0.peak_rss_kib,
+  r1.peak_rss_kib, r10.peak_rss_kib)
 helper.drop_database(src_db)
 helper.drop_database(dst_db)
 local function target(name, met, value) say("target %s: %s (%s)", name, met and "met" or "missed", value) end
 target("P/L", rate(p_empty) >= 0.5 * l_rate, ("%.2f x L, needs 0.5"):format(rate(p_empty) / l_rate))
 target("P/A", rate(p_empty) >= 20 * a_rate, ("%.1f x A, needs 20"):format(rate(p_empty) / a_rate))
 target("RSS", peak_kib < 64 * 1024, ("%.1f MiB, needs < 64"):format(peak_kib / 1024))
+target("R0", r0.seconds * 20 <= p_over.seconds, ("%.1f x faster than the full pull, needs 20"):format(p_over.seconds / r0.seconds))
+target("R1", r1.seconds * 10 <= p_over.seconds and r1.rows < 0.02 * ROWS,
+  ("%.1f x faster, needs 10; %.2f %% of the rows transferred, needs < 2"):format(p_over.seconds / r1.seconds,
+    100 * r1.rows / ROWS))
+target("R10", r10.seconds <= p_over.seconds, ("%.2f x the full pull's time, needs <= 1"):format(r10.seconds / p_over.seconds))

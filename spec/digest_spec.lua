@@ -148,6 +148,23 @@ describe("pksync.digest", function()
     assert.is_true(big.has_more)
   end)
 
+  it("digests many closed ranges in one statement exactly as one by one", function()
+    local db = assert(b:database())
+    for _, t in ipairs { { "wire", WIRE_COLS, { { "1" }, { "2" }, { "4" }, { "5" } } },
+                         { "pairs", { "grp", "seq", "v" }, { { "B", "1" }, { "a", "1" }, { "a", "2" }, { "é", "1" } } } } do
+      local name, cols, keys = t[1], t[2], t[3]
+      local list = {}
+      for i = 1, #keys - 1 do list[i] = { after = keys[i], upto = keys[i + 1] } end
+      local many = assert(digest.bounded(db, "public", name, cols, list))
+      assert.equals(#list, #many)
+      for i, r in ipairs(list) do
+        local one = assert(digest.ranges(db, "public", name, { columns = cols, after = r.after, upto = r.upto }))
+        assert.same({ rows = one.ranges[1].rows, digest = one.ranges[1].digest }, many[i])
+      end
+    end
+    assert.equals("invalid_bound", select(2, digest.bounded(db, "public", "wire", { "id" }, { { upto = { "3" } } })))
+  end)
+
   it("orders composite and text keys the same way on both sides", function()
     local cols = { "grp", "seq", "v" }
     local _, body = remote { table_name = "pairs", columns = cols, range_rows = 1 }

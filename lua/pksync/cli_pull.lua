@@ -112,17 +112,25 @@ local function finish(ctx, conn, report)
   return code
 end
 
---- pksync pull CONN [TABLE...] [--strategy S] [--policy FILE] [--dry-run]
+--- The re-sync options: incremental unless --full, deletes with --mirror.
+local function resync_opts(ctx, opts)
+  if ctx.opts.mirror and ctx.opts.full then ctx:usage("--mirror needs an incremental pull: drop --full") end
+  opts.dry_run = ctx.opts["dry-run"] == true
+  opts.mirror = ctx.opts.mirror == true
+  opts.incremental = ctx.opts.full ~= true
+  return opts
+end
+
+--- pksync pull CONN [TABLE...] [--strategy S] [--policy FILE] [--dry-run] [--mirror|--full]
 function _M.pull(ctx)
-  local opts = { tables = tables_arg(ctx), strategy = strategy_opt(ctx), policy = policy_opt(ctx),
-    dry_run = ctx.opts["dry-run"] == true }
+  local opts = resync_opts(ctx, { tables = tables_arg(ctx), strategy = strategy_opt(ctx), policy = policy_opt(ctx) })
   local conn = commands.receiver(ctx)
   return finish(ctx, conn, run(ctx, conn, opts))
 end
 
---- pksync sync CONN [--policy FILE] [--dry-run]
+--- pksync sync CONN [--policy FILE] [--dry-run] [--mirror|--full]
 function _M.sync(ctx)
-  local opts = { policy = policy_opt(ctx), dry_run = ctx.opts["dry-run"] == true }
+  local opts = resync_opts(ctx, { policy = policy_opt(ctx) })
   local conn = commands.receiver(ctx)
   return finish(ctx, conn, run(ctx, conn, opts))
 end

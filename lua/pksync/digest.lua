@@ -209,6 +209,56 @@ function _M.ranges(db, schema, table_name, opts)
   return { key = setmetatable(names, core.array_mt), ranges = ranges, has_more = has_more }
 end
 
+local BOUNDED_SQL = [[
+SELECT b.ord, d.n, d.digest
+FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS b(r, ord)
+CROSS JOIN LATERAL (
+  SELECT count(*) AS n,
+         ((coalesce(sum(h), 0) %% 18446744073709551616 + 18446744073709551616) %% 18446744073709551616)::text AS digest
+  FROM (SELECT hash_record_extended(ROW(%s), 0) AS h FROM %s t WHERE (%s) > (%s) AND (%s) <= (%s)) rows_of
+) d ORDER BY b.ord]]
+
+--- The key tuple of a bound held in JSON (`source` is an SQL expression of
+-- an array of key texts), cast to the key's types.
+local function json_bound(keys, source)
+  local vals = {}
+  for i, k in ipairs(keys) do
+    vals[i] = str_format("(%s->>%d)::%s", source, i - 1, k.type) .. (k.collatable and ' COLLATE "C"' or "")
+  end
+  return tbl_concat(vals, ", ")
+end
+
+--- Digests of many closed ranges in one statement: for each `{after,
+-- upto}` (both bounds given), the rows and digest of (after, upto], as
+-- `ranges` computes them. Each range is read by its own index range scan.
+-- @return array of {rows=, digest=} in the order given, or nil, err, detail
+function _M.bounded(db, schema, table_name, columns, list)
+  local keys, err, detail = _M.key_columns(db, schema, table_name)
+  if not keys then return nil, err, detail end
+  local cols
+  cols, err, detail = hashed_columns(db, schema, table_name, columns)
+  if not cols then return nil, err, detail end
+  local refs, pairs_json = {}, {}
+  for i, k in ipairs(keys) do refs[i] = key_ref(k) end
+  for i, r in ipairs(list) do
+    if not valid_bound(r.after, #keys) or not valid_bound(r.upto, #keys) or r.after == nil or r.upto == nil then
+      return nil, "invalid_bound", { message = "a closed range needs both bounds, one text per key column" }
+    end
+    pairs_json[i] = { a = setmetatable(r.after, core.array_mt), u = setmetatable(r.upto, core.array_mt) }
+  end
+  local key_list = tbl_concat(refs, ", ")
+  local sql = str_format(BOUNDED_SQL, tbl_concat(cols, ", "), q(schema) .. "." .. q(table_name),
+    key_list, json_bound(keys, "(b.r->'a')"), key_list, json_bound(keys, "(b.r->'u')"))
+  local rows
+  rows, err, detail = catalog.with_canonical_text(db, function()
+    return db:query(sql, core.json_encode(setmetatable(pairs_json, core.array_mt)))
+  end)
+  if not rows then return nil, err, detail end
+  local out = {}
+  for i, r in ipairs(rows) do out[i] = { rows = r.n, digest = r.digest } end
+  return out
+end
+
 --- Whether the table has any row.
 -- @return true, false, or nil, err, detail
 function _M.has_rows(db, schema, table_name)

@@ -47,6 +47,30 @@ local function local_digest(st, after, upto)
   return res.ranges[1]
 end
 
+--- The local rows and digests of a list of ranges {after=, upto=}: the
+-- closed ones in one statement, the open ones (first or last of the
+-- table) one by one.
+local function local_digests(st, bounds)
+  local closed, where = {}, {}
+  local out = {}
+  for i, b in ipairs(bounds) do
+    if b.after ~= nil and b.upto ~= nil then
+      closed[#closed + 1] = b
+      where[#where + 1] = i
+    else
+      local one, err, detail = local_digest(st, b.after, b.upto)
+      if not one then return nil, err, detail end
+      out[i] = one
+    end
+  end
+  if #closed > 0 then
+    local res, err, detail = digest.bounded(st.db, st.schema, st.table, st.columns, closed)
+    if not res then return nil, err, detail end
+    for j, i in ipairs(where) do out[i] = res[j] end
+  end
+  return out
+end
+
 --- Walk the sender's ranges of `range_rows` rows inside (after, upto],
 -- compare each with the local rows of the same bounds, and call
 -- on_differ(range) for each that differs: {after=, upto=, rows=, digest=}.
@@ -57,21 +81,25 @@ local function compare(st, after, upto, range_rows, on_differ, give_up)
   repeat
     local answer, err, detail = ask(st, after, upto, range_rows)
     if not answer then return nil, err, detail end
-    local prev = after
+    -- each range's bounds: from the previous range's last key to its own,
+    -- the final one of a complete answer on to the bound asked for
+    local bounds, prev = {}, after
     for i, r in ipairs(answer.ranges) do
-      -- the final range of a complete answer runs on to the bound asked for
       local last = r.last
       if i == #answer.ranges and not answer.has_more then last = upto end
-      local mine
-      mine, err, detail = local_digest(st, prev, last)
-      if not mine then return nil, err, detail end
+      bounds[i] = { after = prev, upto = last }
+      prev = last
+    end
+    local mine
+    mine, err, detail = local_digests(st, bounds)
+    if not mine then return nil, err, detail end
+    for i, r in ipairs(answer.ranges) do
       compared = compared + 1
-      if mine.digest ~= r.digest or mine.rows ~= r.rows then
-        local ok, e, d = on_differ { after = prev, upto = last, rows = r.rows, digest = r.digest,
-                                     local_rows = mine.rows }
+      if mine[i].digest ~= r.digest or mine[i].rows ~= r.rows then
+        local ok, e, d = on_differ { after = bounds[i].after, upto = bounds[i].upto, rows = r.rows,
+                                     digest = r.digest, local_rows = mine[i].rows }
         if not ok then return nil, e, d end
       end
-      prev = last
     end
     after = prev
     if give_up and answer.has_more and give_up(compared) then
