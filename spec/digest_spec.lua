@@ -142,6 +142,11 @@ describe("pksync.digest", function()
     -- nothing after the last key: one empty range that still covers it
     local _, none = remote { table_name = "wire", columns = { "id" }, after = { "5" } }
     assert.same({ { rows = 0, digest = "0", last = core.null } }, none.ranges)
+    -- a client may scan less than the server allows, never more
+    local _, sample = remote { table_name = "wire", columns = { "id" }, range_rows = 1, scan_rows = 2 }
+    assert.same({ 2, true }, { #sample.ranges, sample.has_more })
+    local _, capped = remote { table_name = "wire", columns = { "id" }, range_rows = 1, scan_rows = 100 }
+    assert.same({ 4, true }, { #capped.ranges, capped.has_more })
     -- a range larger than a request may scan is split, never hashed whole
     local _, big = remote { table_name = "wire", columns = { "id" }, range_rows = 1000 }
     assert.same({ 4 }, { big.ranges[1].rows })

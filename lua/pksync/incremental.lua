@@ -34,9 +34,9 @@ local function array(t)
   return setmetatable(t, core.array_mt)
 end
 
-local function ask(st, after, upto, range_rows)
+local function ask(st, after, upto, range_rows, scan_rows)
   return st.client:fetch_table_digest(st.conn, st.table, { columns = st.columns, after = array(after),
-    upto = array(upto), range_rows = range_rows }, { timeout = st.timeout })
+    upto = array(upto), range_rows = range_rows, scan_rows = scan_rows }, { timeout = st.timeout })
 end
 
 --- The local rows and digest of (after, upto].
@@ -74,12 +74,15 @@ end
 --- Walk the sender's ranges of `range_rows` rows inside (after, upto],
 -- compare each with the local rows of the same bounds, and call
 -- on_differ(range) for each that differs: {after=, upto=, rows=, digest=}.
--- After each answer, give_up(compared) may end the walk early.
+-- After each answer, give_up(compared) may end the walk early; the first
+-- answer then scans only `first_scan` rows, a sample to decide on.
 -- @return the number of ranges compared (and true when given up), or nil, err, detail
-local function compare(st, after, upto, range_rows, on_differ, give_up)
+local function compare(st, after, upto, range_rows, on_differ, give_up, first_scan)
   local compared = 0
+  local scan = give_up and first_scan or nil
   repeat
-    local answer, err, detail = ask(st, after, upto, range_rows)
+    local answer, err, detail = ask(st, after, upto, range_rows, scan)
+    scan = nil
     if not answer then return nil, err, detail end
     -- each range's bounds: from the previous range's last key to its own,
     -- the final one of a complete answer on to the bound asked for
@@ -193,7 +196,7 @@ function _M.run(st)
   local compared, err, detail = compare(st, nil, nil, st.range_rows or RANGE_ROWS, function(range)
     differing[#differing + 1] = range
     return true
-  end, mostly_changed)
+  end, mostly_changed, FALLBACK_SAMPLE * (st.range_rows or RANGE_ROWS))
   if not compared then return nil, err, detail end
   if err == true or mostly_changed(compared) then
     r.path = "pull-data"

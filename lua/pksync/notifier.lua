@@ -416,7 +416,8 @@ end
 --- Digests of consecutive key ranges of a sender's table (POST
 -- table-digest, the table_digest extension; see docs/extensions.md).
 -- @param fields `columns` (names to hash, in order), `after` / `upto`
---   (bounds: arrays of key texts), `range_rows`
+--   (bounds: arrays of key texts), `range_rows`, `scan_rows` (scan less
+--   than the server's limit)
 -- @param opts `timeout`
 -- @return `{key, ranges = {{last, rows, digest}, ...}, has_more}` or nil, err, detail
 function _M.fetch_table_digest(self, conn, table_name, fields, opts)
@@ -424,7 +425,8 @@ function _M.fetch_table_digest(self, conn, table_name, fields, opts)
   if bad then return nil, bad, why end
   opts = opts or {}
   local req = { table_name = table_name, columns = setmetatable(fields.columns, core.array_mt),
-                after = fields.after, upto = fields.upto, range_rows = fields.range_rows }
+                after = fields.after, upto = fields.upto, range_rows = fields.range_rows,
+                scan_rows = fields.scan_rows }
   opts.timeout = opts.timeout or self.pull_timeout
   local body, err, detail = data_call(self, conn, "table-digest", "fetch_table_digest", req, opts, "table_not_found")
   if not body then return nil, err, detail end

@@ -456,8 +456,11 @@ function _M.table_digest(self, req, settings, body)
   local cols = digest_columns(body, hidden)
   if not cols then return fail(400, "Unknown column", { error_code = "unknown_column" }) end
   local range_rows = type(body.range_rows) == "number" and body.range_rows >= 1 and body.range_rows or nil
+  -- a client may scan less than the server allows (a first sample)
+  local max_rows = self.digest_max_rows or digest.DEFAULT_MAX_ROWS
+  if type(body.scan_rows) == "number" and body.scan_rows >= 1 then max_rows = math_min(max_rows, body.scan_rows) end
   local res, err, detail = digest.ranges(db, self.schema, body.table_name, { columns = cols,
-    after = body.after, upto = body.upto, range_rows = range_rows, max_rows = self.digest_max_rows })
+    after = body.after, upto = body.upto, range_rows = range_rows, max_rows = max_rows })
   if not res then
     if DIGEST_ERRORS[err] then return fail(400, DIGEST_ERRORS[err], { error_code = err }) end
     self:log("error", "table-digest of %s failed: %s", body.table_name, tostring(detail and detail.message or err))
