@@ -46,7 +46,7 @@ describe("pksync.digest", function()
 
   local function local_ranges(fields)
     local db = assert(b:database())
-    return assert(digest.ranges(db, "public", fields.table_name, fields))
+    return assert(digest.ranges(db, assert(digest.describe(db, "public", fields.table_name)), fields))
   end
 
   local WIRE_COLS = { "id", "f8", "f4", "n", "n2", "ts", "lt", "d", "iv", "j", "tags", "stamps", "b", "u", "t", "flag" }
@@ -113,7 +113,8 @@ describe("pksync.digest", function()
       local change, changed = c[1], c[2]
       assert(db:exec("BEGIN"))
       assert(db:exec(change))
-      local now = assert(digest.ranges(db, "public", "wire", { columns = WIRE_COLS, range_rows = 1 }))
+      local wire = assert(digest.describe(db, "public", "wire"))
+      local now = assert(digest.ranges(db, wire, { columns = WIRE_COLS, range_rows = 1 }))
       assert(db:exec("ROLLBACK"))
       local differ = {}
       for i, r in ipairs(now.ranges) do
@@ -160,14 +161,16 @@ describe("pksync.digest", function()
       local name, cols, keys = t[1], t[2], t[3]
       local list = {}
       for i = 1, #keys - 1 do list[i] = { after = keys[i], upto = keys[i + 1] } end
-      local many = assert(digest.bounded(db, "public", name, cols, list))
+      local facts = assert(digest.describe(db, "public", name))
+      local many = assert(digest.bounded(db, facts, cols, list))
       assert.equals(#list, #many)
       for i, r in ipairs(list) do
-        local one = assert(digest.ranges(db, "public", name, { columns = cols, after = r.after, upto = r.upto }))
+        local one = assert(digest.ranges(db, facts, { columns = cols, after = r.after, upto = r.upto }))
         assert.same({ rows = one.ranges[1].rows, digest = one.ranges[1].digest }, many[i])
       end
     end
-    assert.equals("invalid_bound", select(2, digest.bounded(db, "public", "wire", { "id" }, { { upto = { "3" } } })))
+    local wire = assert(digest.describe(db, "public", "wire"))
+    assert.equals("invalid_bound", select(2, digest.bounded(db, wire, { "id" }, { { upto = { "3" } } })))
   end)
 
   it("orders composite and text keys the same way on both sides", function()

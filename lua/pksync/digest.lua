@@ -48,10 +48,12 @@ local function hashed(col)
   return ref
 end
 
---- The key's columns with what ordering them needs.
--- @return array of {name=, type=, collatable=} or nil, err, detail
--- ("not_digestible" for a table without a primary key)
-function _M.key_columns(db, schema, table_name)
+--- What digests of a table need from the catalog, read once: the key's
+-- columns (with whether they collate) and every column by name.
+-- @return `{target = quoted name, keys = {{name, type, collatable}...},
+--   columns = name -> column}`, or nil, err, detail ("not_digestible" for
+--   a table without a primary key)
+function _M.describe(db, schema, table_name)
   local pk, err, detail = catalog.primary_key(db, schema, table_name)
   if not pk then return nil, err, detail end
   if #pk == 0 then
@@ -60,24 +62,21 @@ function _M.key_columns(db, schema, table_name)
   local types
   types, err, detail = catalog.column_types(db, schema, table_name)
   if not types then return nil, err, detail end
-  local collatable = {}
-  for _, c in ipairs(types) do collatable[c.name] = c.collatable end
-  for _, k in ipairs(pk) do k.collatable = collatable[k.name] end
-  return pk
+  local by_name = {}
+  for _, c in ipairs(types) do by_name[c.name] = c end
+  for _, k in ipairs(pk) do k.collatable = by_name[k.name] and by_name[k.name].collatable end
+  return { target = q(schema) .. "." .. q(table_name), keys = pk, columns = by_name }
 end
 
 --- Which columns to hash: those named (all must exist), in the order given.
-local function hashed_columns(db, schema, table_name, names)
-  local types, err, detail = catalog.column_types(db, schema, table_name)
-  if not types then return nil, err, detail end
-  local by_name = {}
-  for _, c in ipairs(types) do by_name[c.name] = c end
+local function hashed_columns(facts, names)
   local out = {}
-  for i, n in ipairs(names) do
-    local c = by_name[n]
+  for i, n in ipairs(names or {}) do
+    local c = facts.columns[n]
     if not c then return nil, "unknown_column", { message = "no column " .. util.display(n) } end
     out[i] = hashed(c)
   end
+  if #out == 0 then return nil, "unknown_column", { message = "no columns to hash" } end
   return out
 end
 
@@ -86,14 +85,20 @@ local function key_ref(k)
   return k.collatable and (ref .. ' COLLATE "C"') or ref
 end
 
+--- A key value given as an SQL expression of text, cast to the key's type
+-- (a name from the catalog's format_type, never from a request) and
+-- collated as the key is ordered.
+local function typed(k, expr)
+  return expr .. "::" .. k.type .. (k.collatable and ' COLLATE "C"' or "")
+end
+
 --- "(k1, k2) op ($n::type, ...)" for a bound, its values as parameters.
 local function bound_condition(keys, values, op, params)
   local cols, vals = {}, {}
   for i, k in ipairs(keys) do
     cols[i] = key_ref(k)
     params[#params + 1] = values[i]
-    -- type names come from the catalog (format_type), never from a request
-    vals[i] = str_format("$%d::%s", #params, k.type) .. (k.collatable and ' COLLATE "C"' or "")
+    vals[i] = typed(k, "$" .. #params)
   end
   return str_format("(%s) %s (%s)", tbl_concat(cols, ", "), op, tbl_concat(vals, ", "))
 end
@@ -109,7 +114,7 @@ local function valid_bound(b, nkeys)
 end
 
 --- The conditions that keep the rows of the range (after, upto] of `keys`
--- (from key_columns), their values appended to params as $n.
+-- (describe's), their values appended to params as $n.
 -- @return array of SQL conditions (empty for an open range), or nil,
 --   "invalid_bound", detail
 function _M.range_conditions(keys, after, upto, params)
@@ -141,8 +146,7 @@ FROM (
 
 --- Digests of consecutive ranges of `range_rows` rows inside (after, upto].
 -- @param db a pksync.pg handle
--- @param schema the table's schema
--- @param table_name the table (an identifier)
+-- @param facts the table's, from describe
 -- @param opts `columns` (names to hash, in this order), `after` / `upto`
 --   (bounds: arrays of key texts, nil for open), `range_rows` (rows per
 --   range), `max_rows` (rows scanned at most; DEFAULT_MAX_ROWS)
@@ -152,17 +156,14 @@ FROM (
 --   final one of a complete answer, which runs to `upto` (or the end); an
 --   empty range has `last = null`. With `has_more`, rows after the final
 --   range's `last` remain. Or nil, err, detail.
-function _M.ranges(db, schema, table_name, opts)
-  local keys, err, detail = _M.key_columns(db, schema, table_name)
-  if not keys then return nil, err, detail end
-  local params = {}
-  local where
-  where, err, detail = _M.range_conditions(keys, opts.after, opts.upto, params)
+function _M.ranges(db, facts, opts)
+  local keys, params = facts.keys, {}
+  local where, err, detail = _M.range_conditions(keys, opts.after, opts.upto, params)
   if not where then return nil, err, detail end
   local cols
-  cols, err, detail = hashed_columns(db, schema, table_name, opts.columns)
+  cols, err, detail = hashed_columns(facts, opts.columns)
   if not cols then return nil, err, detail end
-  if #cols == 0 then return nil, "unknown_column", { message = "no columns to hash" } end
+  local where_sql = #where > 0 and (" WHERE " .. tbl_concat(where, " AND ")) or ""
   local max_rows = math_max(1, math_floor(opts.max_rows or _M.DEFAULT_MAX_ROWS))
   local range_rows = math_min(max_rows, math_max(1, math_floor(opts.range_rows or max_rows)))
   -- whole ranges only: a range is never cut by the scan limit
@@ -176,8 +177,7 @@ function _M.ranges(db, schema, table_name, opts)
   end
   local order_list, desc_list = tbl_concat(order, ", "), tbl_concat(desc, ", ")
   local sql = str_format(RANGES_SQL, range_rows, tbl_concat(cols, ", "), range_rows, tbl_concat(texts, ", "),
-    q(schema) .. "." .. q(table_name), #where > 0 and (" WHERE " .. tbl_concat(where, " AND ")) or "",
-    order_list, scan, order_list)
+    facts.target, where_sql, order_list, scan, order_list)
   local rows
   rows, err, detail = catalog.with_canonical_text(db, function() return db:query(sql, unpack(params)) end)
   if not rows then
@@ -200,8 +200,7 @@ function _M.ranges(db, schema, table_name, opts)
     local last
     last, err, detail = catalog.with_canonical_text(db, function()
       return db:query(str_format("SELECT json_build_array(%s)::text AS k FROM %s t%s ORDER BY %s LIMIT 1",
-        tbl_concat(texts, ", "), q(schema) .. "." .. q(table_name),
-        #where > 0 and (" WHERE " .. tbl_concat(where, " AND ")) or "", desc_list), unpack(params))
+        tbl_concat(texts, ", "), facts.target, where_sql, desc_list), unpack(params))
     end)
     if not last then return nil, err, detail end
     ranges[#ranges].last = setmetatable(json_decode(last[1].k), core.array_mt)
@@ -222,21 +221,17 @@ CROSS JOIN LATERAL (
 -- an array of key texts), cast to the key's types.
 local function json_bound(keys, source)
   local vals = {}
-  for i, k in ipairs(keys) do
-    vals[i] = str_format("(%s->>%d)::%s", source, i - 1, k.type) .. (k.collatable and ' COLLATE "C"' or "")
-  end
+  for i, k in ipairs(keys) do vals[i] = typed(k, str_format("(%s->>%d)", source, i - 1)) end
   return tbl_concat(vals, ", ")
 end
 
---- Digests of many closed ranges in one statement: for each `{after,
+--- Digests of many closed ranges in one statement (facts from describe): for each `{after,
 -- upto}` (both bounds given), the rows and digest of (after, upto], as
 -- `ranges` computes them. Each range is read by its own index range scan.
 -- @return array of {rows=, digest=} in the order given, or nil, err, detail
-function _M.bounded(db, schema, table_name, columns, list)
-  local keys, err, detail = _M.key_columns(db, schema, table_name)
-  if not keys then return nil, err, detail end
-  local cols
-  cols, err, detail = hashed_columns(db, schema, table_name, columns)
+function _M.bounded(db, facts, columns, list)
+  local keys = facts.keys
+  local cols, err, detail = hashed_columns(facts, columns)
   if not cols then return nil, err, detail end
   local refs, pairs_json = {}, {}
   for i, k in ipairs(keys) do refs[i] = key_ref(k) end
@@ -247,7 +242,7 @@ function _M.bounded(db, schema, table_name, columns, list)
     pairs_json[i] = { a = setmetatable(r.after, core.array_mt), u = setmetatable(r.upto, core.array_mt) }
   end
   local key_list = tbl_concat(refs, ", ")
-  local sql = str_format(BOUNDED_SQL, tbl_concat(cols, ", "), q(schema) .. "." .. q(table_name),
+  local sql = str_format(BOUNDED_SQL, tbl_concat(cols, ", "), facts.target,
     key_list, json_bound(keys, "(b.r->'a')"), key_list, json_bound(keys, "(b.r->'u')"))
   local rows
   rows, err, detail = catalog.with_canonical_text(db, function()
@@ -270,13 +265,12 @@ end
 
 --- Delete the local rows of (after, upto] whose keys are not among `keys`
 -- (an array of key-text arrays): the rows a sender no longer has.
+-- @param facts the table's, from describe
 -- @return the number of rows deleted, or nil, err, detail
-function _M.delete_missing(db, schema, table_name, after, upto, keys)
-  local pk, err, detail = _M.key_columns(db, schema, table_name)
-  if not pk then return nil, err, detail end
+function _M.delete_missing(db, facts, after, upto, keys)
+  local pk = facts.keys
   local params = { core.json_encode(setmetatable(keys, core.array_mt)) }
-  local where
-  where, err, detail = _M.range_conditions(pk, after, upto, params)
+  local where, err, detail = _M.range_conditions(pk, after, upto, params)
   if not where then return nil, err, detail end
   local cols, elems = {}, {}
   for i, k in ipairs(pk) do
@@ -287,7 +281,7 @@ function _M.delete_missing(db, schema, table_name, after, upto, keys)
     tbl_concat(cols, ", "), tbl_concat(elems, ", "))
   local rows
   rows, err, detail = db:query(str_format("WITH gone AS (DELETE FROM %s t WHERE %s RETURNING 1) " ..
-    "SELECT count(*) AS n FROM gone", q(schema) .. "." .. q(table_name), tbl_concat(where, " AND ")), unpack(params))
+    "SELECT count(*) AS n FROM gone", facts.target, tbl_concat(where, " AND ")), unpack(params))
   if not rows then return nil, err, detail end
   return rows[1].n
 end

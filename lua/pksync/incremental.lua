@@ -41,7 +41,7 @@ end
 
 --- The local rows and digest of (after, upto].
 local function local_digest(st, after, upto)
-  local res, err, detail = digest.ranges(st.db, st.schema, st.table, { columns = st.columns,
+  local res, err, detail = digest.ranges(st.db, st.facts, { columns = st.columns,
     after = after, upto = upto, range_rows = WHOLE, max_rows = WHOLE })
   if not res then return nil, err, detail end
   return res.ranges[1]
@@ -64,7 +64,7 @@ local function local_digests(st, bounds)
     end
   end
   if #closed > 0 then
-    local res, err, detail = digest.bounded(st.db, st.schema, st.table, st.columns, closed)
+    local res, err, detail = digest.bounded(st.db, st.facts, st.columns, closed)
     if not res then return nil, err, detail end
     for j, i in ipairs(where) do out[i] = res[j] end
   end
@@ -161,7 +161,7 @@ local function pull_leaf(st, leaf)
       local pulled, e, d = st.pull_range(leaf.after, leaf.upto)
       if not pulled or not keys then return pulled, e, d end
       local n
-      n, e, d = digest.delete_missing(st.db, st.schema, st.table, leaf.after, leaf.upto, keys)
+      n, e, d = digest.delete_missing(st.db, st.facts, leaf.after, leaf.upto, keys)
       if not n then return nil, "database_error", d or { message = e } end
       st.result.records_deleted = st.result.records_deleted + n
       return true
@@ -179,7 +179,8 @@ local function pull_leaf(st, leaf)
 end
 
 --- Run an incremental pull.
--- @param st `client`, `conn`, `db`, `schema`, `table`, `columns` (shared
+-- @param st `client`, `conn`, `db`, `facts` (the local table's, from
+--   pksync.digest.describe), `table`, `columns` (shared
 --   columns, hashed in this order), `mirror`, `range_rows` (rows per
 --   first-level range, 1000), `timeout`, `result` (the
 --   pull's result, counted into), `pull_range(after, upto)` (pull the rows

@@ -422,28 +422,28 @@ local function incremental_refusal(self, ctx, prep, features, direct)
     return "keys of this table or its parents were mapped to other local keys"
   end
   if ctx.cursor then return "an interrupted pull is resumed" end
-  local keys = digest.key_columns(ctx.db, self.schema, ctx.table)
-  if not keys then return "the local table has no primary key" end
+  local facts = digest.describe(ctx.db, self.schema, ctx.table)
+  if not facts then return "the local table has no primary key" end
   local local_cols = catalog.columns(ctx.db, self.schema, ctx.table)
   if not local_cols then return "the local columns could not be read" end
   local local_type = {}
   for _, c in ipairs(local_cols) do local_type[c.column_name] = c.data_type end
-  for _, k in ipairs(keys) do
+  for _, k in ipairs(facts.keys) do
     local theirs = prep.remote_by_name[k.name]
     if not theirs or theirs.data_type ~= local_type[k.name] then
       return "the primary key differs from the sender's"
     end
   end
-  return nil
+  return nil, facts
 end
 
 --- An incremental pull's state (see pksync.incremental).
-local function incremental_state(self, ctx, prep)
+local function incremental_state(self, ctx, prep, facts)
   local columns = {}
   for _, name in ipairs(prep.remote) do
     if prep.local_names[name] then columns[#columns + 1] = name end
   end
-  return { client = self, conn = ctx.conn, db = ctx.db, schema = self.schema, table = ctx.table,
+  return { client = self, conn = ctx.conn, db = ctx.db, facts = facts, table = ctx.table,
            columns = columns, mirror = ctx.opts.mirror == true, timeout = ctx.opts.timeout,
            range_rows = ctx.opts.digest_rows,
            result = ctx.result,
@@ -561,13 +561,14 @@ function _M.pull_table_data(self, conn, table_name, opts)
   local ok
   -- mirroring is an incremental pull that also deletes
   local wanted = opts.incremental or opts.mirror
-  local refusal = wanted and incremental_refusal(self, ctx, prep, features, direct)
+  local refusal, facts
+  if wanted then refusal, facts = incremental_refusal(self, ctx, prep, features, direct) end
   if opts.mirror and refusal and refusal ~= EMPTY then
     return finish(self, ctx, nil, "mirror_unavailable",
       { message = "mirror needs an incremental pull: " .. refusal })
   end
   if wanted and not refusal then
-    ok, err, detail = incremental.run(incremental_state(self, ctx, prep))
+    ok, err, detail = incremental.run(incremental_state(self, ctx, prep, facts))
   elseif features.paged_pull then
     ok, err, detail = pull_paged(self, ctx)
   else

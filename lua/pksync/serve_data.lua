@@ -325,12 +325,12 @@ end
 -- @return true when a range applies, false when none; or nil, answer
 local function add_key_range(self, db, q, body)
   if body.key_after == nil and body.key_upto == nil then return false end
-  local keys, err = digest.key_columns(db, self.schema, body.table_name)
-  if not keys then
+  local facts, err = digest.describe(db, self.schema, body.table_name)
+  if not facts then
     if err == "not_digestible" then return nil, fail(400, DIGEST_ERRORS[err], { error_code = err }) end
     return nil, fail(500, "Failed to pull data")
   end
-  local where = digest.range_conditions(keys, body.key_after, body.key_upto, q.params)
+  local where = digest.range_conditions(facts.keys, body.key_after, body.key_upto, q.params)
   if not where then return nil, fail(400, DIGEST_ERRORS.invalid_bound, { error_code = "invalid_bound" }) end
   for _, c in ipairs(where) do q.where[#q.where + 1] = c end
   return true
@@ -459,8 +459,12 @@ function _M.table_digest(self, req, settings, body)
   -- a client may scan less than the server allows (a first sample)
   local max_rows = self.digest_max_rows or digest.DEFAULT_MAX_ROWS
   if type(body.scan_rows) == "number" and body.scan_rows >= 1 then max_rows = math_min(max_rows, body.scan_rows) end
-  local res, err, detail = digest.ranges(db, self.schema, body.table_name, { columns = cols,
-    after = body.after, upto = body.upto, range_rows = range_rows, max_rows = max_rows })
+  local facts, err, detail = digest.describe(db, self.schema, body.table_name)
+  local res = facts
+  if facts then
+    res, err, detail = digest.ranges(db, facts, { columns = cols, after = body.after, upto = body.upto,
+      range_rows = range_rows, max_rows = max_rows })
+  end
   if not res then
     if DIGEST_ERRORS[err] then return fail(400, DIGEST_ERRORS[err], { error_code = err }) end
     self:log("error", "table-digest of %s failed: %s", body.table_name, tostring(detail and detail.message or err))
