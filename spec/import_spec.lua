@@ -163,6 +163,30 @@ describe("core.importer run_page", function()
     assert.equals(0, count())
   end)
 
+  it("reports where a page's keys ended and whether they ascended from the floor", function()
+    local function keys(rows_json, floor)
+      local imp = direct_spec { key_column = "id" }
+      local res = assert(page(imp, { status = 200, raw = '{"success":true,"data":[' .. rows_json .. ']}' },
+        { key_floor = floor }))
+      imp:close()
+      sql("TRUNCATE t")
+      return res.keys_ordered, res.next_key
+    end
+    -- exact past 2^53 (decimal text, not a Lua number); a key sent as a
+    -- string or under an escaped name counts; the hook-free row order is the sender's
+    assert.same({ true, "9223372036854775807" },
+      { keys('{"id":9007199254740993,"n":1},{"name":"x","id":"9223372036854775806","n":2}') })
+    assert.same({ true, "8" }, { keys('{"\\u0069d":7,"n":1}', "7") })
+    assert.same({ false, "8" }, { keys('{"id":7,"n":1}', "8") })             -- below the floor
+    assert.same({ false, "6" }, { keys('{"id":5,"n":1},{"id":3,"n":2}') })   -- not ascending
+    assert.same({ false, "6" }, { keys('{"id":5,"n":1},{"id":5,"n":2}') })   -- a key twice
+    assert.same({ false, "6" }, { keys('{"id":5,"n":1},{"n":2}') })          -- a row without it
+    assert.same({ false, "2" }, { keys('{"id":1,"n":1},{"id":1.5,"n":2}') }) -- not an integer
+    assert.same({ true }, { keys('{"id":9223372036854775807,"n":1}') })      -- nothing after the largest
+    assert.same({ false }, { keys("") })                                      -- no rows, no keys
+    assert.has_error(function() keys('{"id":1}', "one") end)
+  end)
+
   it("runs the transform and after_batch hooks, and stops on a failing hook", function()
     local batches = {}
     local imp = staging_spec {
@@ -180,7 +204,7 @@ describe("core.importer run_page", function()
     local res = assert(page(imp, { status = 200, raw = body({ row(1), row(2), row(3), row(4), row(5) }) }))
     imp:close()
     assert.is_true(res.committed)
-    assert.same({ 5, 3, 1, 1 }, { res.rows, res.imported, res.filtered, res.failed })
+    assert.same({ 5, 3, 1, 1 }, { res.rows, res.imported, res.filtered_rows, res.failed })
     assert.equals("ROW 1", sql("SELECT name FROM t WHERE id = 1"))
     assert.is_true(#batches >= 1)
 

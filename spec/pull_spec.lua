@@ -282,7 +282,10 @@ describe("pull_table_data", function()
     local conn = { site_url = plain.url, auth_token_hash = recv.auth_token_hash }
     local r = assert(b.client:pull_table_data(conn, "many"))
     plain.stop()
-    assert.equals("table-records", r.path)
+    -- like PhoenixKit 0.2: pull-data by key range, each row sent once
+    assert.equals("pull-data-keyset", r.path)
+    assert.equals(3, r.pages)
+    assert.equals(25000, r.records_transferred)
     assert.equals("25000", sql_b("SELECT count(*) FROM many"))
     assert.equals(table_text(a.dbname, "many"), table_text(b.dbname, "many"))
     assert.equals(0, r.records_failed)
@@ -296,6 +299,65 @@ describe("pull_table_data", function()
     plain.stop()
     assert.equals("pull-data", r.path)
     assert.equals(60, r.records_imported)
+  end)
+
+  describe("from a PhoenixKit 0.1 sender", function()
+    local function old_sender(env)
+      env.OLD_SENDER_PAGE = env.OLD_SENDER_PAGE or 1000
+      local srv = helper.start_nginx { name = "old", env = env, server = [[
+        location / { content_by_lua_block { require("fixtures.old_sender").serve() } }]] }
+      srv.requests = function() return json.decode((select(2, helper.http("GET", srv.url .. "/__requests")))) end
+      return srv
+    end
+
+    it("pages table-records by key, not by offset, for an integer key", function()
+      sql_b("TRUNCATE many")
+      local srv = old_sender { OLD_SENDER_ROWS = 2345 }
+      local r = assert(b.client:pull_table_data({ site_url = srv.url, auth_token_hash = recv.auth_token_hash }, "many"))
+      local seen = srv.requests()
+      srv.stop()
+      assert.equals("table-records-keyset", r.path)
+      assert.same({ "2345", "2750685", "row 2345" },
+        { sql_b("SELECT count(*) FROM many"), sql_b("SELECT sum(id) FROM many"), sql_b("SELECT v FROM many WHERE id = 2345") })
+      -- the first pull-data, the filtered one it ignored, then 24 pages of
+      -- at most 100 rows, the last from the key after 2300
+      assert.equals(2, seen["pull-data"])
+      assert.equals(24, seen["table-records"])
+      local last = json.decode(seen.last_body)
+      assert.equals(2301, last.id_start)
+      assert.equals(0, last.offset)
+      assert.equals(1000 + 1000 + 2345, r.records_transferred)
+    end)
+
+    it("falls back to offsets when table-records does not follow id_start", function()
+      sql_b("TRUNCATE many")
+      local srv = old_sender { OLD_SENDER_ROWS = 1234, OLD_SENDER_IGNORE_RANGE = 1, OLD_SENDER_SHUFFLED = 1 }
+      local r = assert(b.client:pull_table_data({ site_url = srv.url, auth_token_hash = recv.auth_token_hash }, "many"))
+      local seen = srv.requests()
+      srv.stop()
+      -- a first answer out of key order tells nothing about the rest: no filtered pull-data
+      assert.equals(1, seen["pull-data"])
+      assert.equals("table-records", r.path)
+      assert.same({ "1234", "761995" }, { sql_b("SELECT count(*) FROM many"), sql_b("SELECT sum(id) FROM many") })
+      assert.equals(0, r.records_failed)
+    end)
+  end)
+
+  it("pages a plain sender by offset where the key is not one integer", function()
+    local site = pksync.new { db = a.conninfo, site_url = a.url }
+    local conn_a = helper.sender_connection(site, { max_records_per_request = 25 })
+    site:close()
+    local plain = helper.start_nginx { name = "plain", server = ([[
+      location /phoenix_kit/sync/api/ {
+        content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q, extensions = false } }
+      }]]):format(a.conninfo, a.url) }
+    sql_b("TRUNCATE pairs")
+    local conn = { site_url = plain.url, auth_token_hash = conn_a.auth_token_hash }
+    local r = assert(b.client:pull_table_data(conn, "pairs"))
+    plain.stop()
+    assert.equals("table-records", r.path)
+    assert.equals("60", sql_b("SELECT count(*) FROM pairs"))
+    assert.equals(table_text(a.dbname, "pairs", "region, sku"), table_text(b.dbname, "pairs", "region, sku"))
   end)
 
   it("resumes after the sender dies mid-pull", function()

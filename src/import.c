@@ -24,6 +24,13 @@
  * from the error's "line N" context, dropped, and the batch re-sent; a
  * batch whose apply statement fails is split in halves (savepoints) until
  * the failing rows stand alone.
+ *
+ * Keyset paging of plain senders: with `key_column` (a single integer
+ * key), each row's key is read from the sender's JSON before any hook, so
+ * the caller learns where the page ended (next_key) and whether its rows
+ * came in strictly ascending key order from the bound it asked for
+ * (keys_ordered), which is what makes "everything above the last key"
+ * the rest of the table.
  */
 #include "import.h"
 
@@ -73,6 +80,9 @@ typedef struct page {
     char fatal_msg[MSG_MAX];
     char fatal_state[8];
     char sample[MSG_MAX];      /* first row error */
+    int key_seen;              /* a key was read; key_last is valid */
+    int keys_ordered;          /* every key so far: an integer, above the last and the floor */
+    int64_t key_last;
 } page;
 
 /* A statement run per batch with $1 = first row, $2 = last row, then its
@@ -115,6 +125,10 @@ typedef struct importer {
     size_t npre;
     struct stmt apply;         /* sql NULL in direct mode */
     char *array_key;
+    char *key_column;          /* keyset paging: the single integer key, or NULL */
+    int has_key_floor;         /* this page's rows must have keys >= key_floor */
+    int64_t key_floor;
+    pk_buf key_scratch;        /* an escaped key name, unescaped */
     size_t batch_rows, max_row_bytes;
     int64_t next_row;          /* staging row numbers, increasing across pages */
     char lock_timeout[24];     /* "<ms>ms" for the page's transaction, "" for the session's */
@@ -514,11 +528,42 @@ static void append_row_number(importer *imp) {
     pk_buf_addf(b, "\t%" PRId64 "\n", imp->next_row);
 }
 
+/* ---- the keys of a page (keyset paging) ------------------------------------ */
+
+/* The row's key as the sender sent it: a JSON integer, or a string holding
+ * one. Returns 0 when the row lacks it or it is no int64. */
+static int row_key(importer *imp, const char *row, size_t len, int64_t *key) {
+    const char *end = row + len, *v, *e;
+    int is_int;
+    if (!pk_json_member(row, end, imp->key_column, strlen(imp->key_column), &imp->key_scratch, &v))
+        return 0;
+    if (v < end && *v == '"') {
+        const char *q = v + 1;
+        while (q < end && *q != '"') q++;
+        return q < end && pk_json_int64(v + 1, (size_t)(q - v - 1), key);
+    }
+    return pk_json_number(v, end, &e, &is_int) && is_int && pk_json_int64(v, (size_t)(e - v), key);
+}
+
+static void track_key(importer *imp, const char *row, size_t len) {
+    page *pg = &imp->pg;
+    int64_t key;
+    if (!row_key(imp, row, len, &key)) {
+        pg->keys_ordered = 0;
+        return;
+    }
+    if (pg->key_seen ? key <= pg->key_last : imp->has_key_floor && key < imp->key_floor)
+        pg->keys_ordered = 0;
+    if (!pg->key_seen || key > pg->key_last) pg->key_last = key;
+    pg->key_seen = 1;
+}
+
 static int on_row(void *ctx, const char *row, size_t len) {
     importer *imp = (importer *)ctx;
     page *pg = &imp->pg;
     const char *err;
     pg->rows++;
+    if (imp->key_column) track_key(imp, row, len);
     if (imp->transform_ref != LUA_NOREF) {
         int filtered;
         char why[MSG_MAX];
@@ -662,6 +707,9 @@ static void page_clear(page *pg) {
     pg->status = 0;
     pg->scan_failed = pg->fatal = pg->hook_failed = 0;
     pg->scan_error[0] = pg->fatal_msg[0] = pg->fatal_state[0] = pg->sample[0] = '\0';
+    pg->key_seen = 0;
+    pg->keys_ordered = 1;
+    pg->key_last = 0;
 }
 
 static void page_free(page *pg) {
@@ -743,7 +791,9 @@ static void importer_release(importer *imp) {
     free(imp->copy_sql);
     free(imp->clear_sql);
     free(imp->array_key);
-    imp->copy_sql = imp->clear_sql = imp->array_key = NULL;
+    free(imp->key_column);
+    pk_buf_free(&imp->key_scratch);
+    imp->copy_sql = imp->clear_sql = imp->array_key = imp->key_column = NULL;
     for (size_t i = 0; i < imp->npre; i++) free_stmt(&imp->pre[i]);
     free(imp->pre);
     imp->pre = NULL;
@@ -878,8 +928,9 @@ static int function_ref(lua_State *L, int tbl, const char *field) {
  * elem_delim}...), copy, clear, apply ({sql, params}), pre ({sql, params}...),
  * batch_rows, array_key, max_row_bytes, first_row, lock_timeout (ms, for
  * each page's transaction only), transform (function(row) -> row | nil),
- * after_batch (function(first, last) -> rows changed). Without
- * apply, rows are COPYed straight into the copy statement's table. */
+ * after_batch (function(first, last) -> rows changed), key_column (the
+ * single integer key whose values run_page reports). Without apply, rows
+ * are COPYed straight into the copy statement's table. */
 static int l_importer_new(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     importer *imp = (importer *)lua_newuserdata(L, sizeof *imp);
@@ -892,6 +943,7 @@ static int l_importer_new(lua_State *L) {
     read_statements(L, 1, imp);
     imp->array_key = string_field(L, 1, "array_key", 0);
     if (!imp->array_key && !(imp->array_key = strdup("data"))) return luaL_error(L, "pksync: out of memory");
+    imp->key_column = string_field(L, 1, "key_column", 0);
     imp->batch_rows = size_field(L, 1, "batch_rows", 10000, 10000000);
     imp->max_row_bytes = size_field(L, 1, "max_row_bytes", 64u << 20, (size_t)1 << 31);
     imp->next_row = (int64_t)size_field(L, 1, "first_row", 1, (size_t)1 << 52);
@@ -905,6 +957,18 @@ static int l_importer_new(lua_State *L) {
 }
 
 /* ---- run_page results ---- */
+
+/* keys_ordered, and next_key (the last key + 1, as decimal text: int64
+ * keys do not fit LuaJIT's numbers) unless the page had no key or ended at
+ * the largest one. */
+static void push_keys(lua_State *L, const page *pg) {
+    pk_set_flag(L, "keys_ordered", pg->keys_ordered && pg->key_seen);
+    if (pg->key_seen && pg->key_last < INT64_MAX) {
+        char next[24];
+        snprintf(next, sizeof next, "%" PRId64, pg->key_last + 1);
+        pk_set_str(L, "next_key", next);
+    }
+}
 
 static int push_result(lua_State *L, importer *imp, int valid, int committed) {
     page *pg = &imp->pg;
@@ -923,7 +987,7 @@ static int push_result(lua_State *L, importer *imp, int valid, int committed) {
     pk_set_int(L, "skipped", committed ? pg->skipped : 0);
     pk_set_int(L, "unchanged", committed ? pg->unchanged : 0);
     pk_set_int(L, "failed", committed ? pg->failed : 0);
-    pk_set_int(L, "filtered", committed ? pg->filtered : 0);
+    pk_set_int(L, "filtered_rows", committed ? pg->filtered : 0);   /* "filtered" is the envelope flag */
     pk_set_str(L, "error_sample", pg->sample);
     pk_set_str(L, "invalid_reason", valid ? NULL : pg->scan_error);
     if (pg->status != 200 && pg->errbody.len > 0) {
@@ -931,6 +995,7 @@ static int push_result(lua_State *L, importer *imp, int valid, int committed) {
         lua_setfield(L, -2, "body");
     }
     pk_set_envelope(L, &env);
+    if (imp->key_column) push_keys(L, pg);
     const char **unknown;
     size_t nunknown = pk_rowplan_unknown(imp->plan, &unknown);
     pk_push_strings(L, unknown, nunknown);
@@ -987,6 +1052,16 @@ static void read_next(lua_State *L, int req, importer *imp, const char *url) {
     imp->next.url = url;
 }
 
+/* key_floor: decimal text of the lowest key the page may hold. */
+static void read_key_floor(lua_State *L, int req, importer *imp) {
+    lua_getfield(L, req, "key_floor");
+    size_t n;
+    const char *s = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, &n);
+    imp->has_key_floor = s != NULL;
+    if (s && !pk_json_int64(s, n, &imp->key_floor)) luaL_error(L, "run_page: key_floor must be an integer");
+    lua_pop(L, 1);
+}
+
 /* Feed a prefetched answer through the sink, as if it arrived now. */
 static int replay(importer *imp, pk_http_result *res) {
     prefetch *pf = &imp->pf;
@@ -1017,7 +1092,7 @@ static int replay(importer *imp, pk_http_result *res) {
 }
 
 /* imp:run_page(db, http, {url=, body=, after=, timeout=, connect_timeout=,
- *   max_body=, next_http=, next_prefix=, next_suffix=})
+ *   max_body=, next_http=, next_prefix=, next_suffix=, key_floor=})
  *   -> result table | nil, err, detail (transport or database failure) */
 static int l_run_page(lua_State *L) {
     importer *imp = check_importer(L, 1);
@@ -1031,6 +1106,7 @@ static int l_run_page(lua_State *L) {
     size_t body_len;
     const char *body = luaL_checklstring(L, -2, &body_len);
     const char *after = lua_tostring(L, -1);
+    read_key_floor(L, 4, imp);
     pk_http_request req = {"POST", url, body, body_len, REQUEST_HEADERS,
                            opt_ms(L, 4, "timeout"), opt_ms(L, 4, "connect_timeout"),
                            (size_t)opt_ms(L, 4, "max_body"), on_body, imp};

@@ -514,6 +514,46 @@ int pk_json_skip(const char *p, const char *end, int max_depth,
     return 0;
 }
 
+/* Whether the key string at *pp is `name`; *pp moves past it. */
+static int key_is(const char **pp, const char *end, const char *name, size_t name_len,
+                  pk_buf *scratch, int *match) {
+    const char *p = *pp, *q = p + 1, *err;
+    while (q < end && *q != '"' && *q != '\\') q++;
+    if (q < end && *q == '"') {   /* no escapes: compare in place */
+        *match = (size_t)(q - p - 1) == name_len && memcmp(p + 1, name, name_len) == 0;
+        *pp = q + 1;
+        return 1;
+    }
+    pk_buf_reset(scratch);
+    if (!pk_json_string(p, end, scratch, pp, &err)) return 0;
+    *match = scratch->len == name_len && (name_len == 0 || memcmp(scratch->data, name, name_len) == 0);
+    return 1;
+}
+
+int pk_json_member(const char *p, const char *end, const char *name, size_t name_len,
+                   pk_buf *scratch, const char **valp) {
+    const char *err;
+    p = pk_json_ws(p, end);
+    if (p >= end || *p != '{') return 0;
+    p = pk_json_ws(p + 1, end);
+    while (p < end && *p == '"') {
+        int match;
+        if (!key_is(&p, end, name, name_len, scratch, &match)) return 0;
+        p = pk_json_ws(p, end);
+        if (p >= end || *p != ':') return 0;
+        p = pk_json_ws(p + 1, end);
+        if (match) {
+            *valp = p;
+            return 1;
+        }
+        if (!pk_json_skip(p, end, PK_JSON_DEFAULT_DEPTH, &p, &err)) return 0;
+        p = pk_json_ws(p, end);
+        if (p >= end || *p != ',') return 0;
+        p = pk_json_ws(p + 1, end);
+    }
+    return 0;
+}
+
 /* ---- quoting ---------------------------------------------------------- */
 
 static void add_escape(pk_buf *out, const unsigned char *c, size_t len) {

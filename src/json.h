@@ -62,6 +62,14 @@ int pk_json_number(const char *p, const char *end, const char **endp, int *is_in
 int pk_json_skip(const char *p, const char *end, int max_depth,
                  const char **endp, const char **err);
 
+/* Find the member `name` of the JSON object at p (leading whitespace
+ * allowed): returns 1 with *valp at its value (whitespace skipped) when
+ * the object has it, 0 when it has not or the text breaks before it. Keys
+ * with escapes are unescaped into scratch to be compared. A key given
+ * twice: the first one is found. */
+int pk_json_member(const char *p, const char *end, const char *name, size_t name_len,
+                   pk_buf *scratch, const char **valp);
+
 /* Append s as a quoted JSON string: escapes ", \, control characters
  * (\b \f \n \r \t, others \u00XX) and U+2028/U+2029 (which break
  * JavaScript). Returns 0, leaving out as it was, when s is not valid

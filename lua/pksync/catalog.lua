@@ -80,6 +80,9 @@ function _M.primary_key(db, schema, name)
     ORDER BY k.ord]], schema, name))
 end
 
+--- The integer types, by the name both format_type and information_schema give them.
+_M.INTEGER_TYPES = { smallint = true, integer = true, bigint = true }
+
 --- Columns as information_schema reports them, in ordinal order.
 function _M.columns(db, schema, name)
   local rows, err, detail = rows_of(db:query([[

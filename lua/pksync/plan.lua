@@ -311,7 +311,8 @@ function _M.importer_spec(p, direct, array_key, batch_rows, first_row, extra)
   end
   extra = extra or {}
   local spec = { columns = columns, array_key = array_key, batch_rows = batch_rows, first_row = first_row,
-                 transform = extra.transform, after_batch = extra.after_batch, lock_timeout = extra.lock_timeout }
+                 transform = extra.transform, after_batch = extra.after_batch, lock_timeout = extra.lock_timeout,
+                 key_column = extra.key_column }
   if direct then
     spec.copy = str_format("COPY %s (%s) FROM STDIN", p.target, list(p.column_names))
   else

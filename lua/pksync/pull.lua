@@ -5,7 +5,9 @@
 -- conflict strategy (see src/import.c). Against a pksync sender the
 -- `paged_pull` extension walks the whole table by primary key; against a
 -- plain PhoenixKit sender, a page that stops short of the table's row count
--- is followed by paging `table-records` until every row has arrived.
+-- is followed by the rest of the table in the cheapest way the sender
+-- offers: `pull-data` by key range (0.2), `table-records` by key (0.1),
+-- `table-records` by offset (where nothing else works).
 -- @module pksync.pull
 local core = require "pksync.core"
 local util = require "pksync.util"
@@ -30,7 +32,8 @@ local RECORDS_PAGE = 100          -- table-records' own cap
 ------------------------------------------------------------------------------
 -- peer facts
 
---- The sender's column names, in its order, and its columns by name.
+--- The sender's column names, in its order, its columns by name, and its
+-- primary key's column names when it says (PhoenixKit 0.2 and pksync do).
 local function remote_column_names(self, conn, table_name, opts)
   local schema, err, detail = self:fetch_table_schema(conn, table_name, { timeout = opts.timeout })
   if not schema then return nil, err, detail end
@@ -39,7 +42,8 @@ local function remote_column_names(self, conn, table_name, opts)
     names[#names + 1] = c.column_name
     by_name[c.column_name] = c
   end
-  return names, by_name
+  local keys = type(schema.primary_key) == "table" and schema.primary_key or nil
+  return names, by_name, keys
 end
 
 --- The sender's row count for a table (for plain senders), or nil.
@@ -136,7 +140,7 @@ local function add_page(result, res)
   result.records_skipped = result.records_skipped + res.skipped
   result.records_unchanged = result.records_unchanged + (res.unchanged or 0)
   result.records_failed = result.records_failed + res.failed
-  result.records_filtered = result.records_filtered + res.filtered
+  result.records_filtered = result.records_filtered + res.filtered_rows
   result.bytes = result.bytes + res.bytes
   if res.error_sample and not result.error_sample then result.error_sample = res.error_sample end
 end
@@ -179,7 +183,7 @@ end
 local function run_page(self, ctx, name, body, page)
   page = page or {}
   local res, err, detail = ctx.importer:run_page(ctx.db, self:http(), {
-    url = endpoint(self, ctx, name), body = body, after = page.after,
+    url = endpoint(self, ctx, name), body = body, after = page.after, key_floor = page.key_floor,
     timeout = ctx.opts.timeout or self.pull_timeout, connect_timeout = ctx.opts.connect_timeout,
     max_body = self.max_body, next_http = page.next_http, next_prefix = page.next_prefix,
     next_suffix = page.next_suffix })
@@ -240,9 +244,79 @@ local function pull_paged(self, ctx, range)
   return true
 end
 
---- A plain sender: one pull-data page; when it stops short, page
--- table-records by primary key from the start (rows of the first page come
--- again and are applied idempotently by the strategy).
+--- A body with the row filter `id_start` (a JSON integer: `from` is the
+-- importer's decimal text of an int64, which no Lua number holds exactly).
+local function from_key(body, from)
+  if not from then return body end
+  return body:sub(1, -2) .. ',"id_start":' .. from .. "}"
+end
+
+--- PhoenixKit 0.2: pull-data by key range, `max_records_per_request` rows
+-- an answer in key order, each from the key after the last one received.
+-- @return true, or false when the sender ignores the filter (0.1: its
+--   answer was the table's first rows again, applied idempotently), or nil, err, detail
+local function pull_data_keyset(self, ctx, from)
+  local base = page_body(ctx, { conflict_strategy = ctx.strategy })
+  local first = true
+  repeat
+    local res, err, detail = run_page(self, ctx, "pull-data", from_key(base, from), { key_floor = from })
+    if not res then return nil, err, detail end
+    if res.filtered ~= true then
+      if first then return false end
+      return nil, "invalid_response", { message = "the sender stopped applying id_start" }
+    end
+    if first then ctx.result.path, first = "pull-data-keyset", false end
+    if res.rows > 0 and not res.keys_ordered then
+      return nil, "invalid_response", { message = "the sender's rows are not in key order from id_start" }
+    end
+    local more = (res.truncated or res.has_more) and res.rows > 0 and res.next_key ~= nil
+    local ok, perr = progress(ctx, not more)
+    if not ok then return nil, "callback_failed", { message = perr } end
+    from = res.next_key
+  until not more
+  return true
+end
+
+--- PhoenixKit 0.1: table-records by key, 100 rows a page, the first from
+-- the start (0.1 orders by the key) and each next one from the key after
+-- the last (0.1 passes id_start to its query unchecked and sends no flag,
+-- so each page is checked: ascending keys, none below the bound).
+-- @return true, or false when the pages do not follow the key (then only
+--   offsets work), or nil, err, detail
+local function records_keyset(self, ctx)
+  local base = page_body(ctx, { limit = RECORDS_PAGE, offset = 0 })
+  local from
+  repeat
+    local res, err, detail = run_page(self, ctx, "table-records", from_key(base, from), { key_floor = from })
+    if not res then return nil, err, detail end
+    if res.rows > 0 and not res.keys_ordered then return false end
+    local more = res.rows >= RECORDS_PAGE and res.next_key ~= nil
+    local ok, perr = progress(ctx, not more)
+    if not ok then return nil, "callback_failed", { message = perr } end
+    from = res.next_key
+  until not more
+  ctx.result.path = "table-records-keyset"
+  return true
+end
+
+--- Any sender: table-records by offset from the start, 100 rows a page.
+local function records_offset(self, ctx)
+  ctx.result.path = "table-records"
+  local offset = 0
+  repeat
+    local res, err, detail = run_page(self, ctx, "table-records", page_body(ctx, { limit = RECORDS_PAGE, offset = offset }))
+    if not res then return nil, err, detail end
+    offset = offset + res.rows
+    local ok, perr = progress(ctx, res.rows < RECORDS_PAGE)
+    if not ok then return nil, "callback_failed", { message = perr } end
+  until res.rows < RECORDS_PAGE
+  return true
+end
+
+--- A plain sender (PhoenixKit, or pksync with extensions off): one
+-- pull-data answer; when it was cut, the rest of the table, keyset paths
+-- first where the key is a single integer (rows that come again are
+-- applied idempotently by the strategy).
 local function pull_plain(self, ctx)
   local res, err, detail = run_page(self, ctx, "pull-data", page_body(ctx, { conflict_strategy = ctx.strategy }))
   if not res then return nil, err, detail end
@@ -251,18 +325,17 @@ local function pull_plain(self, ctx)
   local ok, perr = progress(ctx, not short)
   if not ok then return nil, "callback_failed", { message = perr } end
   if not short then return true end
-  ctx.result.path = "table-records"
+  if ctx.key_column and res.keys_ordered and res.next_key then
+    ok, err, detail = pull_data_keyset(self, ctx, res.next_key)
+    if ok ~= false then return ok, err, detail end
+  end
   ctx.importer:close()
   ctx.importer = core.importer_new(ctx.spec("records"))
-  local offset = 0
-  repeat
-    res, err, detail = run_page(self, ctx, "table-records", page_body(ctx, { limit = RECORDS_PAGE, offset = offset }))
-    if not res then return nil, err, detail end
-    offset = offset + res.rows
-    ok, perr = progress(ctx, res.rows < RECORDS_PAGE)
-    if not ok then return nil, "callback_failed", { message = perr } end
-  until res.rows < RECORDS_PAGE
-  return true
+  if ctx.key_column then
+    ok, err, detail = records_keyset(self, ctx)
+    if ok ~= false then return ok, err, detail end
+  end
+  return records_offset(self, ctx)
 end
 
 ------------------------------------------------------------------------------
@@ -341,6 +414,19 @@ local function stage_suffix()
   return str_format("%d_%d", math.floor(now()) % 1000000, stage_counter)
 end
 
+--- The key a plain sender's pages can follow: a single integer primary
+-- key, the same column of an integer type on the sender (and its key, if
+-- it names one).
+local function keyset_column(facts, remote_by_name, remote_keys)
+  local keys = facts.keys
+  if #keys ~= 1 or not catalog.INTEGER_TYPES[keys[1].type] then return nil end
+  local name = keys[1].name
+  local theirs = remote_by_name[name]
+  if not theirs or not catalog.INTEGER_TYPES[theirs.data_type] then return nil end
+  if remote_keys and (#remote_keys ~= 1 or remote_keys[1] ~= name) then return nil end
+  return name
+end
+
 --- Prepare everything a pull needs; nothing is requested from the sender
 -- until the local side is known to be able to take the rows.
 local function prepare(self, conn, table_name, opts)
@@ -366,16 +452,15 @@ local function prepare(self, conn, table_name, opts)
   local facts
   facts, err, detail = plan.inspect(db, self.schema, table_name, strategy)
   if not facts then return nil, err, detail end
-  local remote, remote_by_name
-  remote, remote_by_name, detail = remote_column_names(self, conn, table_name, opts)
-  if not remote then return nil, remote_by_name, detail end
+  local remote, remote_by_name, remote_keys = remote_column_names(self, conn, table_name, opts)
+  if not remote then return nil, remote_by_name, remote_keys end
   local p
   p, err, detail = plan.build(db, facts, remote, { remap = opts.remap })
   if not p then return nil, err, detail end
   local local_names = {}
   for _, c in ipairs(facts.columns) do local_names[c.name] = true end
   return { db = db, plan = p, strategy = strategy, local_names = local_names, remote = remote,
-           remote_by_name = remote_by_name }
+           remote_by_name = remote_by_name, key_column = keyset_column(facts, remote_by_name, remote_keys) }
 end
 
 --- Commit an atomic pull when everything arrived and no row failed, else
@@ -515,6 +600,8 @@ function _M.pull_table_data(self, conn, table_name, opts)
                 -- an import waits this long for a lock on its table, then fails cleanly
                 lock_timeout = math.floor(opts.lock_timeout or self.lock_timeout) }
   local features = self:peer_features(conn)
+  -- only plain senders are paged by the key's values (pksync's cursors carry it)
+  if not features.paged_pull then ctx.key_column = prep.key_column end
   -- pksync senders page to the end by themselves; the count only feeds
   -- progress there. Plain senders need it to tell a full table from a cut one.
   if features.paged_pull then
@@ -555,7 +642,7 @@ function _M.pull_table_data(self, conn, table_name, opts)
   -- COPY straight into the target needs no apply step: a batch is a page
   local batch = opts.batch_rows or (direct and opts.page_size) or DEFAULT_BATCH_ROWS
   local extra = { transform = opts.transform, after_batch = opts.resolve and resolver(ctx, opts.resolve),
-                  lock_timeout = ctx.lock_timeout }
+                  lock_timeout = ctx.lock_timeout, key_column = ctx.key_column }
   ctx.spec = function(array_key) return plan.importer_spec(p, direct, array_key, batch, nil, extra) end
   ctx.importer = core.importer_new(ctx.spec("data"))
   local ok

@@ -177,11 +177,9 @@ local function is_int_value(v)
     (core.is_decimal(v) and str_match(tostring(v), "^%-?%d+$") ~= nil)
 end
 
-local INT_KEYS = { smallint = true, integer = true, bigint = true }
-
 local function key_kind(pk)
   local t = pk[1].type
-  if INT_KEYS[t] then return "int" end
+  if catalog.INTEGER_TYPES[t] then return "int" end
   if t == "uuid" then return "uuid" end
   if t == "text" or str_match(t, "^character varying") then return "text" end
   return nil
