@@ -107,12 +107,19 @@ local ok, err = pcall(function()
   end
   if not all_equal then error("B's data differs from A's", 0) end
 
-  step("A changes two products; a second sync compares digests of key ranges and moves only the 10-row range that holds them")
+  step("A changes two products; a second sync compares digests of key ranges, then of rows, and moves only those two")
   helper.psql(a.dbname, "UPDATE products SET price = price + 1, updated_at = now() WHERE id IN (3, 4)")
   pksync_cmd(b, { "sync", a.url, "--policy", "examples/policies/newest_wins.lua" })
   local fa, fb = fingerprint(a, "products"), fingerprint(b, "products")
   note("products     %s  %s", fb, fa == fb and "= A" or "DIFFERS")
   if fa ~= fb then error("products differ after the second sync", 0) end
+  local store = pksync.new { db = b.conninfo, site_url = b.url }
+  local last = assert(store:list_transfers { table_name = "products", direction = "receive", limit = 1 })[1]
+  store:close()
+  local moved = last and last.records_transferred
+  note("products     %s rows transferred for 2 rows changed (path %s, the transfer B recorded)", tostring(moved),
+    tostring(last and last.metadata and last.metadata.path))
+  if moved ~= 2 then error("the second sync moved " .. tostring(moved) .. " rows of products, not the 2 that changed", 0) end
 end)
 
 for _, s in ipairs { a, b } do

@@ -3,27 +3,30 @@
 -- pull only the rows of the differing leaf ranges.
 --
 -- Ranges of `range_rows` rows (1,000) are compared first; a differing one
--- is compared again as ranges of `leaf_rows` (10), and each differing leaf
--- is pulled through pull-data's key range with the pull's strategy. With
--- `mirror`, the sender's keys of a leaf are asked for first (one key per
--- range), and local rows of the leaf whose keys it lacks are deleted in the
--- same transaction as the rows that replace them. After a leaf is pulled,
--- the sender's digest of it is asked for again: when it moved, the sender
--- changed under the pull and the leaf is pulled again, a bounded number of
--- times. When most first-level ranges differ (judged from the first answers
+-- is compared again as ranges of `leaf_rows` (10), and a differing one of
+-- those row by row (the sender's digest of each row against the local
+-- rows of the same bounds), so that only the rows that differ are pulled:
+-- runs of neighbouring ones together, through pull-data's key range, with
+-- the pull's strategy. With `mirror`, local rows of a pulled range whose
+-- keys the sender lacks are deleted in the same transaction as the rows
+-- that replace them. After a range is pulled, the sender's digests of its
+-- rows are asked for again: when they moved, the sender changed under the
+-- pull and the range is pulled again, a bounded number of times. When most first-level ranges differ (judged from the first answers
 -- of at least 20 ranges; not when mirroring), a plain paged pull is cheaper
 -- than pulling range by range, and runs instead.
 -- @module pksync.incremental
 local core = require "pksync.core"
 local digest = require "pksync.digest"
 
-local ipairs, setmetatable = ipairs, setmetatable
+local ipairs, setmetatable, rawequal = ipairs, setmetatable, rawequal
+local tbl_concat = table.concat
 local null = core.null
 
 local _M = {}
 
 local RANGE_ROWS = 1000
 local LEAF_ROWS = 10
+local RUN_KEYS = 1000         -- differing rows pulled as one range at most
 local RETRIES = 3
 local WHOLE = 2 ^ 40          -- range_rows for "one range, however many rows"
 local FALLBACK_SHARE = 0.5    -- share of differing ranges above which a full pull is cheaper
@@ -100,7 +103,7 @@ local function compare(st, after, upto, range_rows, on_differ, give_up, first_sc
       compared = compared + 1
       if mine[i].digest ~= r.digest or mine[i].rows ~= r.rows then
         local ok, e, d = on_differ { after = bounds[i].after, upto = bounds[i].upto, rows = r.rows,
-                                     digest = r.digest, local_rows = mine[i].rows }
+                                     last = r.last, digest = r.digest, local_rows = mine[i].rows }
         if not ok then return nil, e, d end
       end
     end
@@ -114,18 +117,22 @@ local function compare(st, after, upto, range_rows, on_differ, give_up, first_sc
   return compared
 end
 
---- The sender's keys in (after, upto], one key per range.
-local function remote_keys(st, after, upto)
-  local keys = {}
+--- The sender's rows in (after, upto], one range each: their keys, and
+-- their digests joined in key order (what a change of any of them moves).
+local function sender_rows(st, after, upto)
+  local keys, digests = {}, {}
   repeat
     local answer, err, detail = ask(st, after, upto, 1)
     if not answer then return nil, err, detail end
     for _, r in ipairs(answer.ranges) do
-      if r.rows > 0 then keys[#keys + 1] = r.last end
+      if r.rows > 0 then
+        keys[#keys + 1] = r.last
+        digests[#digests + 1] = r.digest
+      end
       after = r.last
     end
   until not answer.has_more
-  return keys
+  return keys, tbl_concat(digests, ",")
 end
 
 --- Run fn in a transaction of its own, or a savepoint inside the caller's
@@ -146,36 +153,83 @@ local function in_transaction(db, fn)
   return ok, err, detail
 end
 
---- Pull one differing leaf (with mirror: and delete what the sender lacks),
--- until the sender's digest of it holds still across the pull.
-local function pull_leaf(st, leaf)
-  local seen = leaf.digest
+--- Pull one run of differing rows (with mirror: and delete the local rows
+-- of its range that the sender lacks), until the sender's digests of its
+-- rows hold still across the pull.
+local function pull_run(st, run)
+  local keys, seen = run.keys, tbl_concat(run.digests, ",")
   for _ = 0, RETRIES do
-    local keys, err, detail
-    if st.mirror then
-      keys, err, detail = remote_keys(st, leaf.after, leaf.upto)
-      if not keys then return nil, err, detail end
-    end
-    local ok
-    ok, err, detail = in_transaction(st.db, function()
-      local pulled, e, d = st.pull_range(leaf.after, leaf.upto)
-      if not pulled or not keys then return pulled, e, d end
+    local ok, err, detail = in_transaction(st.db, function()
+      local pulled, e, d = st.pull_range(run.after, run.upto)
+      if not pulled or not st.mirror then return pulled, e, d end
       local n
-      n, e, d = digest.delete_missing(st.db, st.facts, leaf.after, leaf.upto, keys)
+      n, e, d = digest.delete_missing(st.db, st.facts, run.after, run.upto, keys)
       if not n then return nil, "database_error", d or { message = e } end
       st.result.records_deleted = st.result.records_deleted + n
       return true
     end)
     if not ok then return nil, err, detail end
     st.result.ranges_pulled = st.result.ranges_pulled + 1
-    local now
-    now, err, detail = ask(st, leaf.after, leaf.upto, WHOLE)
-    if not now then return nil, err, detail end
-    if #now.ranges == 1 and not now.has_more and now.ranges[1].digest == seen then return true end
+    local now_keys, now_seen, detail2 = sender_rows(st, run.after, run.upto)
+    if not now_keys then return nil, now_seen, detail2 end
+    if now_seen == seen then return true end
     st.result.sender_changed = st.result.sender_changed + 1
-    seen = now.ranges[1].digest
+    keys, seen = now_keys, now_seen
   end
   return nil, "sender_changed", { message = "the sender kept changing rows while they were pulled" }
+end
+
+--- A compare callback that keeps each differing range in list.
+local function collector(list)
+  return function(range)
+    list[#list + 1] = range
+    return true
+  end
+end
+
+--- Pull what differs inside the differing first-level ranges: each is
+-- compared again as leaves, each differing leaf row by row, and the runs of
+-- differing rows are pulled.
+local function pull_differing(st, differing)
+  local err, detail
+  local leaves, leaf_rows = {}, st.leaf_rows or LEAF_ROWS
+  local add_leaf = collector(leaves)
+  for _, range in ipairs(differing) do
+    if range.rows <= leaf_rows and range.local_rows <= leaf_rows then
+      add_leaf(range)
+    else
+      local ok
+      ok, err, detail = compare(st, range.after, range.upto, leaf_rows, add_leaf)
+      if not ok then return nil, err, detail end
+    end
+  end
+  -- row by row inside each differing leaf; neighbours (ranges sharing a
+  -- bound: the same key value) join one run
+  local runs = {}
+  local function add_row(row)
+    local run = runs[#runs]
+    if not (run and rawequal(run.upto, row.after) and #run.keys < RUN_KEYS) then
+      run = { after = row.after, keys = {}, digests = {} }
+      runs[#runs + 1] = run
+    end
+    run.upto = row.upto
+    if row.rows > 0 then
+      run.keys[#run.keys + 1] = row.last
+      run.digests[#run.digests + 1] = row.digest
+    end
+    return true
+  end
+  for _, leaf in ipairs(leaves) do
+    local ok
+    ok, err, detail = compare(st, leaf.after, leaf.upto, 1, add_row)
+    if not ok then return nil, err, detail end
+  end
+  for _, run in ipairs(runs) do
+    local ok
+    ok, err, detail = pull_run(st, run)
+    if not ok then return nil, err, detail end
+  end
+  return true
 end
 
 --- Run an incremental pull.
@@ -194,35 +248,28 @@ function _M.run(st)
   local function mostly_changed(compared)
     return not st.mirror and compared >= FALLBACK_SAMPLE and #differing > FALLBACK_SHARE * compared
   end
-  local compared, err, detail = compare(st, nil, nil, st.range_rows or RANGE_ROWS, function(range)
-    differing[#differing + 1] = range
-    return true
-  end, mostly_changed, FALLBACK_SAMPLE * (st.range_rows or RANGE_ROWS))
+  local range_rows = st.range_rows or RANGE_ROWS
+  local compared, err, detail = compare(st, nil, nil, range_rows, collector(differing), mostly_changed,
+    FALLBACK_SAMPLE * range_rows)
   if not compared then return nil, err, detail end
   if err == true or mostly_changed(compared) then
     r.path = "pull-data"
     r.incremental_fallback = true
     return st.pull_all()
   end
-  local leaves, leaf_rows = {}, st.leaf_rows or LEAF_ROWS
-  local function add_leaf(leaf)
-    leaves[#leaves + 1] = leaf
-    return true
+  local ok
+  ok, err, detail = pull_differing(st, differing)
+  -- a sender that changed under the pull: its other ranges may have moved
+  -- too since they were compared, so compare them all again (bounded)
+  local changed = 0
+  for _ = 1, RETRIES do
+    if not ok or r.sender_changed == changed then break end
+    changed = r.sender_changed
+    differing = {}
+    ok, err, detail = compare(st, nil, nil, range_rows, collector(differing))
+    if ok then ok, err, detail = pull_differing(st, differing) end
   end
-  for _, range in ipairs(differing) do
-    if range.rows <= leaf_rows and range.local_rows <= leaf_rows then
-      add_leaf(range)
-    else
-      local ok
-      ok, err, detail = compare(st, range.after, range.upto, leaf_rows, add_leaf)
-      if not ok then return nil, err, detail end
-    end
-  end
-  for _, leaf in ipairs(leaves) do
-    local ok
-    ok, err, detail = pull_leaf(st, leaf)
-    if not ok then return nil, err, detail end
-  end
+  if not ok then return nil, err, detail end
   return true
 end
 
