@@ -427,6 +427,11 @@ describe("pksync CLI", function()
       doc = expect(on_b { "pull", a.srv.site_url, "categories", "--strategy", "overwrite", "--mirror", "--dry-run",
         "--json" }, 0).json()
       assert.equals(1, doc.totals.deleted)
+      -- the human report gets a DELETED column when rows would go
+      local human = expect(on_b { "pull", a.srv.site_url, "categories", "--strategy", "overwrite", "--mirror",
+        "--dry-run" }, 0).out
+      assert.matches("FAILED +DELETED +TIME", human)
+      assert.matches("\ntotal +[%d ]+ 1 +[%d.]+s", human)
       assert.equals("1", sql_b("SELECT count(*) FROM categories WHERE id = 6"))
       doc = expect(on_b { "pull", a.srv.site_url, "categories", "--strategy", "overwrite", "--mirror", "--json" }, 0).json()
       assert.equals(1, doc.totals.deleted)

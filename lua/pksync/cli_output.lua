@@ -4,6 +4,7 @@
 local pksync = require "pksync"
 
 local type, tostring, tonumber, ipairs, pairs, setmetatable, getmetatable = type, tostring, tonumber, ipairs, pairs, setmetatable, getmetatable
+local unpack = table.unpack or unpack -- luacheck: ignore (5.1 global)
 local math_floor, math_max, math_min = math.floor, math.max, math.min
 local str_format, str_rep = string.format, string.rep
 local tbl_concat, tbl_sort = table.concat, table.sort
@@ -202,8 +203,8 @@ local function why(t)
   return tbl_concat(parts, " ")
 end
 
-local function count_cells(row, counts)
-  for _, k in ipairs(COUNTS) do row[#row + 1] = _M.int(counts[k]) end
+local function count_cells(row, counts, names)
+  for _, k in ipairs(names) do row[#row + 1] = _M.int(counts[k]) end
   return row
 end
 
@@ -212,8 +213,14 @@ end
 -- below, so the table itself stays narrow.
 function _M.report_lines(report)
   local rows, samples = {}, {}
+  -- rows deleted by mirror get a column when there are any
+  local names = COUNTS
+  if (tonumber(report.totals and report.totals.deleted) or 0) > 0 then
+    names = { unpack(COUNTS) }
+    names[#names + 1] = "deleted"
+  end
   for _, t in ipairs(report.tables or {}) do
-    local r = count_cells({ _M.cell(t.name, 30), tostring(t.action or "-"), tostring(t.strategy or "-") }, t)
+    local r = count_cells({ _M.cell(t.name, 30), tostring(t.action or "-"), tostring(t.strategy or "-") }, t, names)
     r[#r + 1] = _M.seconds(t.seconds)
     r[#r + 1] = why(t)
     rows[#rows + 1] = r
@@ -221,11 +228,11 @@ function _M.report_lines(report)
       samples[#samples + 1] = _M.cell(t.name, 30) .. ": " .. _M.cell(t.error_sample, 100)
     end
   end
-  local total = count_cells({ "total", "", "" }, report.totals or {})
+  local total = count_cells({ "total", "", "" }, report.totals or {}, names)
   total[#total + 1] = _M.seconds(report.seconds)
   rows[#rows + 1] = total
   local columns = { { "TABLE" }, { "ACTION" }, { "STRATEGY" } }
-  for _, k in ipairs(COUNTS) do columns[#columns + 1] = { k:upper(), right = true } end
+  for _, k in ipairs(names) do columns[#columns + 1] = { k:upper(), right = true } end
   columns[#columns + 1] = { "TIME", right = true }
   columns[#columns + 1] = { "NOTE" }
   local out = _M.table_lines(columns, rows)
