@@ -180,6 +180,15 @@ local function page_body(ctx, fields)
   return json_encode(fields)
 end
 
+--- Make the pull's importer the one for this array key and mode (a new
+-- one when either changes).
+local function use_importer(ctx, array_key, into_target)
+  local kind = array_key .. (into_target and "+direct" or "")
+  if ctx.importer_kind == kind then return end
+  if ctx.importer then ctx.importer:close() end
+  ctx.importer, ctx.importer_kind = core.importer_new(ctx.spec(array_key, into_target)), kind
+end
+
 local function run_page(self, ctx, name, body, page)
   page = page or {}
   local res, err, detail = ctx.importer:run_page(ctx.db, self:http(), {
@@ -258,6 +267,9 @@ end
 local function pull_data_keyset(self, ctx, from)
   local base = page_body(ctx, { conflict_strategy = ctx.strategy })
   local first = true
+  -- staged until the sender shows it applies the filter: an older one's
+  -- answer repeats the rows already there
+  use_importer(ctx, "data", false)
   repeat
     local res, err, detail = run_page(self, ctx, "pull-data", from_key(base, from), { key_floor = from })
     if not res then return nil, err, detail end
@@ -265,7 +277,10 @@ local function pull_data_keyset(self, ctx, from)
       if first then return false end
       return nil, "invalid_response", { message = "the sender stopped applying id_start" }
     end
-    if first then ctx.result.path, first = "pull-data-keyset", false end
+    if first then
+      ctx.result.path, first = "pull-data-keyset", false
+      use_importer(ctx, "data", ctx.direct)
+    end
     if res.rows > 0 and not res.keys_ordered then
       return nil, "invalid_response", { message = "the sender's rows are not in key order from id_start" }
     end
@@ -329,8 +344,7 @@ local function pull_plain(self, ctx)
     ok, err, detail = pull_data_keyset(self, ctx, res.next_key)
     if ok ~= false then return ok, err, detail end
   end
-  ctx.importer:close()
-  ctx.importer = core.importer_new(ctx.spec("records"))
+  use_importer(ctx, "records", false)
   if ctx.key_column then
     ok, err, detail = records_keyset(self, ctx)
     if ok ~= false then return ok, err, detail end
@@ -618,8 +632,11 @@ function _M.pull_table_data(self, conn, table_name, opts)
     local ok, e = db:exec("BEGIN")
     if not ok then return nil, "database_error", { message = e } end
   end
+  -- COPY straight into an empty target where no key can come twice: every
+  -- page of a pksync sender; a plain sender's first answer and its keyset
+  -- pages past it (pull_plain stages whatever may repeat rows)
   local direct = false
-  if features.paged_pull and not ctx.cursor and opts.direct ~= false then
+  if (features.paged_pull or ctx.key_column) and not ctx.cursor and opts.direct ~= false then
     local derr, ddetail
     direct, derr, ddetail = with_lock_timeout(ctx, function() return plan.direct_ok(db, p) end)
     if direct == nil then
@@ -628,7 +645,7 @@ function _M.pull_table_data(self, conn, table_name, opts)
         { message = derr, sqlstate = state })
     end
   end
-  if not direct then
+  if not direct or not features.paged_pull then
     local create, drop = plan.stage(p, stage_suffix())
     local ok, e, d = with_lock_timeout(ctx, function() return db:exec(create) end)
     if not ok then
@@ -639,12 +656,15 @@ function _M.pull_table_data(self, conn, table_name, opts)
     end
     ctx.drop_stage = drop
   end
-  -- COPY straight into the target needs no apply step: a batch is a page
-  local batch = opts.batch_rows or (direct and opts.page_size) or DEFAULT_BATCH_ROWS
   local extra = { transform = opts.transform, after_batch = opts.resolve and resolver(ctx, opts.resolve),
                   lock_timeout = ctx.lock_timeout, key_column = ctx.key_column }
-  ctx.spec = function(array_key) return plan.importer_spec(p, direct, array_key, batch, nil, extra) end
-  ctx.importer = core.importer_new(ctx.spec("data"))
+  ctx.direct = direct
+  ctx.spec = function(array_key, into_target)
+    -- COPY straight into the target needs no apply step: a batch is a page
+    local batch = opts.batch_rows or (into_target and opts.page_size) or DEFAULT_BATCH_ROWS
+    return plan.importer_spec(p, into_target, array_key, batch, nil, extra)
+  end
+  use_importer(ctx, "data", direct)
   local ok
   -- mirroring is an incremental pull that also deletes
   local wanted = opts.incremental or opts.mirror
