@@ -118,6 +118,8 @@ local function proof(label)
 end
 local r0 = pull_process(dst_ci, url, hash, "items", "overwrite", "mirror")
 proof("R0")
+local r0_sync = pull_process(dst_ci, url, hash, "items", "overwrite", "sync")
+proof("R0 (sync)")
 -- R1: 0.1 % of the rows updated, spread over the keys, and 0.01 % each inserted and deleted
 local step = 1000
 helper.psql(src_db, ([[UPDATE items SET price = price + 1 WHERE id %% %d = 0;
@@ -133,6 +135,24 @@ helper.psql(src_db, "UPDATE items SET price = price + 1 WHERE id % 10 = 3")
 local r10 = pull_process(dst_ci, url, hash, "items", "overwrite", "incremental")
 proof("R10")
 srv.stop()
+
+-- F: the same table from a plain sender (pksync with extensions = false
+-- answers as PhoenixKit 0.2 does: max_records_per_request rows a pull-data
+-- answer, row filters honoured) into an empty table: the keyset path
+local f_db, f_ci = helper.create_database("bench_f")
+helper.psql(f_db, TABLE:format("items"))
+local plain_port = helper.free_port()
+local plain_url = "http://127.0.0.1:" .. plain_port
+local plain = helper.start_nginx { name = "plain", port = plain_port, threads = 2, server = ([[
+  location /phoenix_kit/sync/api/ {
+    content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q, extensions = false } }
+  }]]):format(src_ci, plain_url) }
+local p_plain = pull_process(f_ci, plain_url, hash, "items", "skip")
+plain.stop()
+assert(p_plain.path == "pull-data-keyset", "F took the " .. tostring(p_plain.path) .. " path")
+local f_same = helper.fingerprint(src_db, "items") == helper.fingerprint(f_db, "items")
+assert(f_same, "F: the receiver differs from the sender")
+helper.drop_database(f_db)
 
 local l_rate = ROWS / t_l
 local a_rate = SMALL / t_a
@@ -152,21 +172,24 @@ say("| P: custom strategy, every row a conflict through a Lua resolve hook | %d 
   p_resolve.rows, p_resolve.seconds, rate(p_resolve), rate(p_resolve) / l_rate, rate(p_resolve) / a_rate)
 say("| (P without a hook, same %d rows) | %d | %.2f | %.0f | %.2f | %.1f |", SMALL, p_small.rows, p_small.seconds,
   rate(p_small), rate(p_small) / l_rate, rate(p_small) / a_rate)
+say("| F: pull from a plain (PhoenixKit 0.2-like) sender into an empty table, %d pages | %d | %.2f | %.0f | %.2f | %.1f |",
+  p_plain.pages, p_plain.rows, p_plain.seconds, rate(p_plain), rate(p_plain) / l_rate, rate(p_plain) / a_rate)
 say("")
 say("| re-sync (overwrite; against the full overwrite pull above) | rows transferred | bytes | seconds | vs full | path, ranges compared/pulled, deleted |")
 say("| --- | ---: | ---: | ---: | ---: | --- |")
 local function resync(label, r)
   say("| %s | %d | %d | %.2f | %.1f x | %s, %d/%d, %d |", label, r.rows, r.bytes, r.seconds, p_over.seconds / r.seconds,
-    r.path, r.ranges_compared, r.ranges_pulled, r.deleted)
+    r.path, r.ranges_compared or 0, r.ranges_pulled or 0, r.deleted or 0)
 end
 resync("R0: unchanged, digest path, mirror", r0)
+resync("R0: unchanged, as users get it (sync_connection)", r0_sync)
 resync(("R1: %d rows changed (0.1 %% updated, 0.01 %% inserted, 0.01 %% deleted), mirror"):format(r1_changed), r1)
 resync("R10: 10 % updated, incremental", r10)
 say("")
 say("peak RSS of the importing process: %.1f MiB at %d rows, %.1f MiB at %d rows",
   p_small.peak_rss_kib / 1024, p_small.rows, p_empty.peak_rss_kib / 1024, p_empty.rows)
 local peak_kib = math.max(p_small.peak_rss_kib, p_empty.peak_rss_kib, p_over.peak_rss_kib, r0.peak_rss_kib,
-  r1.peak_rss_kib, r10.peak_rss_kib)
+  r1.peak_rss_kib, r10.peak_rss_kib, p_plain.peak_rss_kib)
 helper.drop_database(src_db)
 helper.drop_database(dst_db)
 local function target(name, met, value) say("target %s: %s (%s)", name, met and "met" or "missed", value) end
@@ -177,4 +200,6 @@ target("R0", r0.seconds * 20 <= p_over.seconds, ("%.1f x faster than the full pu
 target("R1", r1.seconds * 10 <= p_over.seconds and r1.rows < 0.02 * ROWS,
   ("%.1f x faster, needs 10; %.2f %% of the rows transferred, needs < 2"):format(p_over.seconds / r1.seconds,
     100 * r1.rows / ROWS))
+target("F", rate(p_plain) >= 0.5 * rate(p_empty),
+  ("%.2f x the pksync-sender pull, needs 0.5"):format(rate(p_plain) / rate(p_empty)))
 target("R10", r10.seconds <= p_over.seconds, ("%.2f x the full pull's time, needs <= 1"):format(r10.seconds / p_over.seconds))

@@ -99,7 +99,7 @@ local function entry_of(name, r, strategy_of)
     transferred = r.records_transferred, imported = r.records_imported, updated = r.records_updated,
     skipped = r.records_skipped, unchanged = r.records_unchanged, filtered = r.records_filtered,
     failed = r.records_failed, deleted = r.records_deleted, ranges_compared = r.ranges_compared,
-    ranges_pulled = r.ranges_pulled,
+    ranges_pulled = r.ranges_pulled, bytes = r.bytes,
     seconds = r.seconds, error_sample = r.error_sample, unknown_columns = r.unknown_columns }
 end
 
