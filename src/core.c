@@ -12,6 +12,7 @@
 #include "json.h"
 #include "luax.h"
 #include "pg.h"
+#include "signals.h"
 #include "token.h"
 
 #include <time.h>
@@ -51,6 +52,7 @@ int luaopen_pksync_core(lua_State *L) {
     pk_open_pg(L);
     pk_open_import(L);
     pk_open_export(L);
+    pk_open_signals(L);
     lua_pushliteral(L, PK_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

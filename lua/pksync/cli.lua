@@ -12,6 +12,7 @@ local pksync = require "pksync"
 local output = require "pksync.cli_output"
 local commands = require "pksync.cli_commands"
 local pull = require "pksync.cli_pull"
+local schedule = require "pksync.cli_schedule"
 
 local type, tostring, tonumber, ipairs, pairs, error, xpcall, pcall = type, tostring, tonumber, ipairs, pairs, error, xpcall, pcall
 local setmetatable, getmetatable = setmetatable, getmetatable
@@ -65,6 +66,10 @@ local OPTIONS = {
   ["incoming-mode"] = { value = "M", help = "auto_accept, require_approval, require_password or deny_all" },
   ["incoming-password"] = { value = "P", help = "password for incoming connections (\"\" clears it)" },
   ["site-url-set"] = { value = "URL", help = "store our public URL as the site_url setting" },
+  due = { help = "sync every connection whose auto-sync is due, once (no CONN)" },
+  watch = { help = "stay in the foreground and sync connections as they fall due (no CONN)" },
+  poll = { value = "MS", help = "--watch: how often to look for due connections (default 60000)" },
+  ["retry-base"] = { value = "MS", help = "first retry delay of an offline sender, doubled per failure (default 60000)" },
 }
 
 local GLOBAL_OPTIONS = { "db", "site-url", "json", "timeout", "quiet", "help" }
@@ -86,8 +91,11 @@ local COMMANDS = {
     summary = "show some rows of a sender table" },
   { "pull", args = { "CONN" }, rest = "TABLE", opts = { "strategy", "policy", "dry-run", "mirror", "full" }, run = pull.pull,
     summary = "pull tables (default: all) into the local database" },
-  { "sync", args = { "CONN" }, opts = { "policy", "dry-run", "mirror", "full" }, run = pull.sync,
-    summary = "sync a connection as its settings and policy say" },
+  { "sync", args = { "CONN" }, optional_args = true,
+    opts = { "policy", "dry-run", "mirror", "full", "due", "watch", "poll", "retry-base" }, run = schedule.sync,
+    summary = "sync a connection as its settings and policy say (--due, --watch: the scheduled ones)" },
+  { "schedule", run = schedule.schedule,
+    summary = "show each receiver connection's auto-sync: next due, last result, failures" },
   { "serve", opts = { "listen", "threads", "start", "dir", "prefix" }, run = commands.serve,
     summary = "print (or --start) an nginx configuration serving this site" },
   { "settings", opts = { "enable", "disable", "incoming-mode", "incoming-password", "site-url-set" },
@@ -124,7 +132,7 @@ end
 
 local function usage_line(c)
   local parts = { "pksync", c[1] }
-  for _, a in ipairs(c.args or {}) do parts[#parts + 1] = a end
+  for _, a in ipairs(c.args or {}) do parts[#parts + 1] = c.optional_args and ("[" .. a .. "]") or a end
   if c.rest then parts[#parts + 1] = "[" .. c.rest .. "...]" end
   for _, o in ipairs(c.opts or {}) do
     local def = OPTIONS[o]
@@ -252,7 +260,7 @@ local function bind_args(c, words, first)
   local n = #(c.args or {})
   for i = 1, n do
     local w = words[first + i - 1]
-    if w == nil then usage("missing argument " .. c.args[i], usage_line(c)) end
+    if w == nil and not c.optional_args then usage("missing argument " .. c.args[i], usage_line(c)) end
     args[c.args[i]] = w
   end
   for i = first + n, #words do

@@ -171,14 +171,21 @@ function _M.list(ctx)
   if d and not DIRECTIONS[d] then ctx:usage("--direction must be sender or receiver") end
   if s and not STATUSES[s] then ctx:usage("--status must be pending, active, suspended, revoked or expired") end
   local list = ctx:check("listing connections", ctx:store():list_connections { direction = d, status = s })
+  local schedule = {}
+  for _, st in ipairs(ctx:check("reading the schedule", ctx:store():schedule_state())) do schedule[st.uuid] = st end
   local docs, rows = pksync.array(), {}
   for i, c in ipairs(list) do
+    local st = schedule[c.uuid] or {}
     docs[i] = _M.public_conn(c)
-    rows[i] = { c.uuid, output.cell(c.name, 30), c.direction, c.status, output.cell(c.site_url, 50) }
+    docs[i].next_due_at = st.next_due_at
+    rows[i] = { c.uuid, output.cell(c.name, 30), c.direction, c.status, output.cell(c.site_url, 50),
+      c.direction ~= "receiver" and "-" or c.auto_sync_enabled and ("every " .. c.auto_sync_interval_minutes .. "m")
+        or "off", output.next_due(st) }
   end
   ctx:emit(docs)
   if #rows == 0 then ctx:say("no connections") return EXIT_OK end
-  ctx:lines(output.table_lines({ { "UUID" }, { "NAME" }, { "DIRECTION" }, { "STATUS" }, { "SITE URL" } }, rows))
+  ctx:lines(output.table_lines({ { "UUID" }, { "NAME" }, { "DIRECTION" }, { "STATUS" }, { "SITE URL" },
+    { "AUTO SYNC" }, { "NEXT DUE" } }, rows))
   return EXIT_OK
 end
 

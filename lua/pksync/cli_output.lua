@@ -253,4 +253,18 @@ function _M.sorted_keys(t)
   return keys
 end
 
+--- A store timestamp for a terminal: to the second, "UTC" for +00; "-" for none.
+function _M.when(ts)
+  if ts == nil or ts == null then return "-" end
+  return (tostring(ts):gsub("%.%d+", ""):gsub("%+00$", " UTC"))
+end
+
+--- When a connection of store.schedule_state is next due: "now", a time,
+-- or "-" (not scheduled).
+function _M.next_due(c)
+  if c.next_due_at == nil or c.next_due_at == null then return "-" end
+  if c.due then return "now" end
+  return _M.when(c.next_due_at)
+end
+
 return _M

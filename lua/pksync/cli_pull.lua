@@ -27,7 +27,8 @@ local function strategy_opt(ctx)
   return s
 end
 
-local function policy_opt(ctx)
+--- The --policy file (checked to be readable), or nil.
+function _M.policy_opt(ctx)
   local path = ctx.opts.policy
   if not path then return nil end
   local f = io_open(path, "r")
@@ -123,14 +124,14 @@ end
 
 --- pksync pull CONN [TABLE...] [--strategy S] [--policy FILE] [--dry-run] [--mirror|--full]
 function _M.pull(ctx)
-  local opts = resync_opts(ctx, { tables = tables_arg(ctx), strategy = strategy_opt(ctx), policy = policy_opt(ctx) })
+  local opts = resync_opts(ctx, { tables = tables_arg(ctx), strategy = strategy_opt(ctx), policy = _M.policy_opt(ctx) })
   local conn = commands.receiver(ctx)
   return finish(ctx, conn, run(ctx, conn, opts))
 end
 
 --- pksync sync CONN [--policy FILE] [--dry-run] [--mirror|--full]
 function _M.sync(ctx)
-  local opts = resync_opts(ctx, { policy = policy_opt(ctx) })
+  local opts = resync_opts(ctx, { policy = _M.policy_opt(ctx) })
   local conn = commands.receiver(ctx)
   return finish(ctx, conn, run(ctx, conn, opts))
 end

@@ -44,7 +44,8 @@ local client_mt = { __index = Client, __name = "pksync.client" }
 
 -- Each module returns a table of methods; a later module may not
 -- silently replace an earlier one's method.
-local MODULES = { "pksync.notifier", "pksync.store", "pksync.server", "pksync.pull", "pksync.sync" }
+local MODULES = { "pksync.notifier", "pksync.store", "pksync.server", "pksync.pull", "pksync.sync",
+                  "pksync.schedule" }
 for _, name in ipairs(MODULES) do
   for k, fn in pairs(require(name)) do
     if type(fn) == "function" and k:sub(1, 1) ~= "_" then

@@ -34,6 +34,8 @@ local SETTABLE = {
   default_conflict_strategy = "text", auto_sync_enabled = "boolean",
   auto_sync_tables = "text[]", auto_sync_interval_minutes = "integer", metadata = "jsonb",
   download_password = "password",
+  -- scheduled sync: an explicit next due time ("run now", or a pause)
+  next_auto_sync_at = "timestamptz",
 }
 
 local LUA_TYPES = {
@@ -690,6 +692,134 @@ function _M.list_transfers(self, filter)
   if not rows then return nil, "store_failed", { message = err } end
   rows.affected = nil
   for i, r in ipairs(rows) do rows[i] = to_transfer(r) end
+  return setmetatable(rows, core.array_mt)
+end
+
+------------------------------------------------------------------------------
+-- scheduled sync (pksync.schedule decides what to run; the rule and the
+-- claim are SQL, so they live here)
+
+-- The due rule on a connections row: an enabled, active receiver whose
+-- explicit next due time has come, or, without one, whose last automatic
+-- run is an interval old (never run: due now).
+local DUE_RULE = [[auto_sync_enabled AND status = 'active' AND direction = 'receiver'
+  AND CASE WHEN next_auto_sync_at IS NOT NULL THEN next_auto_sync_at <= now()
+      ELSE last_auto_sync_at IS NULL
+        OR last_auto_sync_at <= now() - make_interval(mins => auto_sync_interval_minutes) END]]
+
+-- When the rule will next hold (NULL: never, or now when never run).
+local NEXT_DUE = [[CASE WHEN auto_sync_enabled AND status = 'active' AND direction = 'receiver'
+  THEN coalesce(next_auto_sync_at, last_auto_sync_at + make_interval(mins => auto_sync_interval_minutes), now())
+  END]]
+
+-- The advisory lock of one connection's runner: a namespace of pksync's own
+-- and the connection's uuid (a session lock: it dies with its session).
+local LOCK_KEY = "hashtext('pksync.schedule'), hashtext($1::uuid::text)"
+
+--- Receiver connections that are due for an automatic sync, longest
+-- waiting first.
+-- @return array of connections or nil, err, detail
+function _M.due_connections(self)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err = db:query(str_format("SELECT * FROM %s WHERE %s ORDER BY %s, uuid", tname(self, "connections"),
+    DUE_RULE, NEXT_DUE))
+  if not rows then return nil, "store_failed", { message = err } end
+  rows.affected = nil
+  for i, r in ipairs(rows) do rows[i] = to_conn(r) end
+  return setmetatable(rows, core.array_mt)
+end
+
+--- Claim a due connection for this runner: take its advisory lock (held by
+-- this client's database session until `release_connection`, or until the
+-- session dies) and check, under the lock, that it is still due.
+-- @return the connection; false when another runner holds it or it is no
+--   longer due; nil, err, detail
+function _M.claim_connection(self, uuid)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err = db:query("SELECT pg_try_advisory_lock(" .. LOCK_KEY .. ") AS locked", uuid)
+  if not rows then return nil, "store_failed", { message = err } end
+  if rows[1].locked ~= true then return false end
+  rows, err = db:query(str_format("SELECT * FROM %s WHERE uuid = $1::uuid AND %s", tname(self, "connections"),
+    DUE_RULE), uuid)
+  if rows and rows[1] then return to_conn(rows[1]) end
+  _M.release_connection(self, uuid)
+  if not rows then return nil, "store_failed", { message = err } end
+  return false
+end
+
+--- Release a connection claimed by `claim_connection`.
+function _M.release_connection(self, uuid)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err = db:query("SELECT pg_advisory_unlock(" .. LOCK_KEY .. ") AS unlocked", uuid)
+  if not rows then return nil, "store_failed", { message = err } end
+  return rows[1].unlocked == true
+end
+
+-- What an outcome does to the failure streak and the next due time.
+local OUTCOME_NEXT = { ok = "reset", partial = "reset", offline = "backoff", failed = "backoff",
+                       stopped = "resume", suspended = "reset", revoked = "reset", not_found = "reset" }
+
+local RECORD_RUN = [[
+UPDATE %s SET last_auto_sync_at = now(), last_auto_sync_status = $2, last_auto_sync_error = $3,
+  last_auto_sync_rows = $4::bigint,
+  last_auto_sync_success_at = CASE WHEN $2 = 'ok' THEN now() ELSE last_auto_sync_success_at END,
+  auto_sync_failures = CASE $5 WHEN 'backoff' THEN auto_sync_failures + 1
+    WHEN 'reset' THEN 0 ELSE auto_sync_failures END,
+  next_auto_sync_at = CASE $5
+    WHEN 'backoff' THEN now() + least(make_interval(mins => auto_sync_interval_minutes),
+      make_interval(secs => $6::float8 / 1000 * 2 ^ least(auto_sync_failures, 30)))
+    WHEN 'resume' THEN now() ELSE NULL END
+WHERE uuid = $1::uuid RETURNING *]]
+
+--- Record an automatic run. An offline or failed run retries after
+-- `retry_base_ms * 2^failures`, capped at the interval; a run stopped by a
+-- signal is due again at once (the next run picks up where it stopped);
+-- any other outcome resets the streak and waits the interval.
+-- @param result `{outcome = ok|partial|offline|failed|stopped|suspended|revoked|not_found,
+--   error = text, rows = rows pulled, retry_base_ms = 60000}`
+-- @return the connection or nil, err, detail
+function _M.record_auto_sync(self, uuid, result)
+  local mode = OUTCOME_NEXT[result.outcome]
+  if not mode then error("record_auto_sync: unknown outcome " .. tostring(result.outcome), 2) end
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err, detail = db:query(str_format(RECORD_RUN, tname(self, "connections")), uuid, result.outcome,
+    result.error or null, result.rows or 0, mode, result.retry_base_ms or 60000)
+  if not rows then return nil, "store_failed", { message = err, sqlstate = detail and detail.sqlstate } end
+  return one(rows)
+end
+
+local SCHEDULE_STATE = [[
+SELECT c.uuid, c.name, c.direction, c.status, c.site_url, c.auto_sync_enabled, c.auto_sync_tables,
+  c.auto_sync_interval_minutes, c.last_auto_sync_at, c.last_auto_sync_status, c.last_auto_sync_error,
+  c.last_auto_sync_rows, c.last_auto_sync_success_at, c.next_auto_sync_at, c.auto_sync_failures,
+  %s AS next_due_at, coalesce(%s, false) AS due,
+  extract(epoch FROM now() - c.last_auto_sync_success_at)::float8 AS seconds_since_success,
+  extract(epoch FROM (%s) - now())::float8 AS seconds_until_due,
+  coalesce((SELECT sum(t.records_transferred) FROM %s t
+    WHERE t.connection_uuid = c.uuid AND t.direction = 'receive'), 0)::bigint AS rows_pulled
+FROM %s c ORDER BY c.direction, c.name, c.uuid]]
+
+--- Every connection with its schedule: the stored state plus `next_due_at`
+-- (NULL when it is not scheduled), `due`, `seconds_since_success`,
+-- `seconds_until_due` (negative: overdue) and `rows_pulled` (all receive
+-- transfers), computed by the database's clock.
+-- @return array or nil, err, detail
+function _M.schedule_state(self)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err = db:query(str_format(SCHEDULE_STATE, NEXT_DUE, DUE_RULE, NEXT_DUE, tname(self, "transfers"),
+    tname(self, "connections")))
+  if not rows then return nil, "store_failed", { message = err } end
+  rows.affected = nil
   return setmetatable(rows, core.array_mt)
 end
 

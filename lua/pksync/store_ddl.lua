@@ -109,6 +109,21 @@ CREATE TABLE IF NOT EXISTS %s (
 CREATE INDEX IF NOT EXISTS %s ON %s (connection_uuid, table_name);
 ]]
 
+-- The scheduler's state on each connection (added after the first release,
+-- so a store made before it gains the columns on its next migrate):
+-- the last automatic run, its outcome and rows, the last successful one,
+-- an explicit next due time (backoff, or "run now") and the failure streak.
+local SCHEDULE = [[
+ALTER TABLE %s
+  ADD COLUMN IF NOT EXISTS last_auto_sync_at timestamptz,
+  ADD COLUMN IF NOT EXISTS last_auto_sync_status text,
+  ADD COLUMN IF NOT EXISTS last_auto_sync_error text,
+  ADD COLUMN IF NOT EXISTS last_auto_sync_rows bigint NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS last_auto_sync_success_at timestamptz,
+  ADD COLUMN IF NOT EXISTS next_auto_sync_at timestamptz,
+  ADD COLUMN IF NOT EXISTS auto_sync_failures integer NOT NULL DEFAULT 0;
+]]
+
 local SETTINGS = [[
 CREATE TABLE IF NOT EXISTS %s (
   key text PRIMARY KEY,
@@ -124,6 +139,7 @@ function _M.ddl(names)
   return tbl_concat({
     "SELECT pg_advisory_xact_lock(hashtext('pksync.migrate'));",
     str_format(CONNECTIONS, q(c), q(c .. "_lookup_idx"), q(c), q(c .. "_status_idx"), q(c)),
+    str_format(SCHEDULE, q(c)),
     str_format(TRANSFERS, q(t), q(c), q(t .. "_conn_table_idx"), q(t)),
     str_format(SETTINGS, q(s)),
   }, "\n")
