@@ -406,6 +406,40 @@ end }]])
     end)
   end)
 
+  describe("in nginx", function()
+    it("two workers run a due connection exactly once, and serve the metrics", function()
+      b.sql("TRUNCATE reviews")
+      set(b.conn, "next_auto_sync_at = now()")
+      local started = b.sql("SELECT now()")
+      local config = ("{ db = %q, site_url = 'https://b.example', poll_ms = 100 }"):format(b.conninfo)
+      local srv = helper.start_nginx { name = "sched", workers = 2, http = ([[
+  init_worker_by_lua_block { assert(require("pksync.nginx").schedule %s) }]]):format(config), server = ([[
+    location = /metrics { content_by_lua_block { require("pksync.nginx").metrics %s } }]]):format(config) }
+      local ok, err = pcall(function()
+        local deadline = helper.now() + 30
+        while field(b.conn, ("coalesce(last_auto_sync_at > '%s', false)::text"):format(started)) ~= "true" do
+          assert(helper.now() < deadline, "no scheduled run in nginx:\n" .. srv.error_log())
+          helper.sleep(0.05)
+        end
+        -- later ticks of both workers find nothing due
+        local ticks = helper.now() + 0.5
+        while helper.now() < ticks do helper.sleep(0.05) end
+        assert.equals("ok", field(b.conn, "last_auto_sync_status"))
+        assert.equals("1", b.sql(("SELECT count(*) FROM pksync_transfers WHERE table_name = 'reviews' " ..
+          "AND inserted_at >= '%s'"):format(started)))
+        assert.equals(sites.fingerprint(a, "reviews"), sites.fingerprint(b, "reviews"))
+        local status, body, headers = helper.http("GET", srv.url .. "/metrics")
+        assert.equals(200, status)
+        assert.matches("^text/plain; version=0.0.4", headers["content-type"])
+        local _, samples = parse_prometheus(body)
+        assert.equals(1, sample(samples, "pksync_last_sync_outcome", { connection = b.conn.uuid, outcome = "ok" }).value)
+        assert.not_matches("%[error%]", srv.error_log())
+      end)
+      srv.stop()
+      assert(ok, err)
+    end)
+  end)
+
   describe("a sender that stopped the connection", function()
     it("revoked: the local connection takes that status and is not due any more", function()
       set(b.conn, "next_auto_sync_at = now()")

@@ -16,7 +16,7 @@
 -- @module pksync.nginx
 local pksync = require "pksync"
 
-local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
+local type, pairs, ipairs, tostring, tonumber, error, pcall = type, pairs, ipairs, tostring, tonumber, error, pcall
 local io_open = io.open
 
 local _M = {}
@@ -25,7 +25,7 @@ local DEFAULT_POOL = "pksync"
 local DEFAULT_MAX_REQUEST_BODY = 1024 * 1024
 
 -- Keys of a config that are the adapter's own, not pksync.new options.
-local ADAPTER_KEYS = { thread_pool = true, policy_file = true }
+local ADAPTER_KEYS = { thread_pool = true, policy_file = true, poll_ms = true, retry_base_ms = true }
 
 ------------------------------------------------------------------------------
 -- worker-thread side (runs in a pool thread's own Lua VM)
@@ -83,6 +83,30 @@ function _M.thread_call(config, method, ...)
   local a, b, c, d = fn(client, ...)
   client.logger = nil
   return logs, a, b, c, d
+end
+
+--- (pool thread) One round of the scheduled sync; returns logs and a
+-- summary `{connections = {{uuid, name, outcome, error, rows}...}, counts}`
+-- or nil, err, message.
+function _M.thread_schedule(config)
+  local client, logs = client_for_call(config)
+  local ok, round, err, detail = pcall(client.run_due_connections, client, { retry_base_ms = config.retry_base_ms })
+  client.logger = nil
+  if not ok then return logs, nil, "internal_error", tostring(round) end
+  if not round then return logs, nil, err, type(detail) == "table" and detail.message or nil end
+  local summary = { connections = {}, counts = round.counts }
+  for i, e in ipairs(round.connections) do
+    summary.connections[i] = { uuid = e.uuid, name = e.name, outcome = e.outcome, error = e.error, rows = e.rows }
+  end
+  return logs, summary
+end
+
+--- (pool thread) The metrics page; returns logs, text or nil, err, message.
+function _M.thread_metrics(config)
+  local client, logs = client_for_call(config)
+  local text, err, detail = client:schedule_metrics()
+  client.logger = nil
+  return logs, text, err, type(detail) == "table" and detail.message or nil
 end
 
 ------------------------------------------------------------------------------
@@ -156,6 +180,61 @@ function _M.serve(config)
   end
   emit_logs(logs)
   return send(status, headers, body)
+end
+
+local DEFAULT_POLL_MS = 60000
+
+--- Run the scheduled sync in this worker (init_worker_by_lua*): every
+-- `poll_ms` (default 60000, and once at start) a pool thread runs every due
+-- connection once, as `pksync sync --due` does. Each worker may do so:
+-- the store's claim lets exactly one runner sync a connection.
+--   init_worker_by_lua_block {
+--     require("pksync.nginx").schedule { db = "postgresql:///site", site_url = "https://me.example" }
+--   }
+-- @param config as `serve`, plus `poll_ms` and `retry_base_ms` (first
+--   retry delay of an offline sender, doubled per failure; 60000)
+-- @return true or nil, err (the timer could not be made)
+function _M.schedule(config)
+  local ngx = ngx
+  local busy = false   -- this worker's round still running: skip the tick
+  local function tick(premature)
+    if premature or busy then return end
+    busy = true
+    local ok, logs, summary, err, message = ngx.run_worker_thread(config.thread_pool or DEFAULT_POOL,
+      "pksync.nginx", "thread_schedule", config)
+    busy = false
+    if not ok then
+      ngx.log(ngx.ERR, "pksync: scheduled sync thread failed: ", tostring(logs))
+      return
+    end
+    emit_logs(logs)
+    if not summary then
+      ngx.log(ngx.ERR, "pksync: scheduled sync failed: ", tostring(err), message and (" (" .. message .. ")") or "")
+    end
+  end
+  local ok, err = ngx.timer.every((config.poll_ms or DEFAULT_POLL_MS) / 1000, tick)
+  if not ok then return nil, err end
+  ngx.timer.at(0, tick)
+  return true
+end
+
+--- Serve the scheduled sync's metrics in Prometheus' text format
+-- (content_by_lua*), at a location of the user's choosing.
+--   location = /metrics { content_by_lua_block { require("pksync.nginx").metrics { db = "..." } } }
+function _M.metrics(config)
+  local ngx = ngx
+  local ok, logs, text, err, message = ngx.run_worker_thread(config.thread_pool or DEFAULT_POOL,
+    "pksync.nginx", "thread_metrics", config)
+  if not ok then
+    ngx.log(ngx.ERR, "pksync: worker thread failed: ", tostring(logs))
+    return send(500, { ["content-type"] = "text/plain" }, "metrics unavailable\n")
+  end
+  emit_logs(logs)
+  if not text then
+    ngx.log(ngx.ERR, "pksync: metrics failed: ", tostring(err), message and (" (" .. message .. ")") or "")
+    return send(503, { ["content-type"] = "text/plain" }, "metrics unavailable\n")
+  end
+  return send(200, { ["content-type"] = "text/plain; version=0.0.4; charset=utf-8" }, text)
 end
 
 --- Call a client method off the event loop (handlers and timers).

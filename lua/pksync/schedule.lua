@@ -164,7 +164,8 @@ function _M.run_scheduled_connection(self, conn, opts)
   self:release_connection(claimed.uuid)
   if not row then return nil, err, detail end
   entry.failures, entry.next_auto_sync_at = row.auto_sync_failures, row.next_auto_sync_at
-  self:log(entry.outcome == "ok" and "info" or "warn", "scheduled sync of %s: %s%s",
+  local quiet = entry.outcome == "ok" or entry.outcome == "skipped"
+  self:log(quiet and "info" or "warn", "scheduled sync of %s: %s%s",
     util.base_url(claimed.site_url), entry.outcome, entry.error and (" (" .. entry.error .. ")") or "")
   return entry
 end
