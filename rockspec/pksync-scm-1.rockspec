@@ -30,7 +30,7 @@ build = {
     ["pksync.core"] = {
       sources = {
         "src/base64.c", "src/buf.c", "src/core.c", "src/export.c", "src/http.c", "src/import.c", "src/json.c", "src/luax.c",
-        "src/pg.c", "src/pgarray.c", "src/rows.c", "src/token.c",
+        "src/pg.c", "src/pgarray.c", "src/rows.c", "src/signals.c", "src/token.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L" },
       incdirs = { "$(CURL_INCDIR)", "$(PQ_INCDIR)/postgresql", "$(CRYPTO_INCDIR)" },
@@ -44,6 +44,7 @@ build = {
     ["pksync.cli_commands"] = "lua/pksync/cli_commands.lua",
     ["pksync.cli_output"] = "lua/pksync/cli_output.lua",
     ["pksync.cli_pull"] = "lua/pksync/cli_pull.lua",
+    ["pksync.cli_schedule"] = "lua/pksync/cli_schedule.lua",
     ["pksync.cli_serve"] = "lua/pksync/cli_serve.lua",
     ["pksync.digest"] = "lua/pksync/digest.lua",
     ["pksync.incremental"] = "lua/pksync/incremental.lua",
@@ -53,6 +54,7 @@ build = {
     ["pksync.plan"] = "lua/pksync/plan.lua",
     ["pksync.policy"] = "lua/pksync/policy.lua",
     ["pksync.pull"] = "lua/pksync/pull.lua",
+    ["pksync.schedule"] = "lua/pksync/schedule.lua",
     ["pksync.sync"] = "lua/pksync/sync.lua",
     ["pksync.store_ddl"] = "lua/pksync/store_ddl.lua",
     ["pksync.serve_data"] = "lua/pksync/serve_data.lua",

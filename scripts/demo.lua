@@ -4,7 +4,8 @@
 -- nginx: A (a small shop with a few thousand rows) and B (the same schema,
 -- empty). A creates a sender connection to B, B registers it, B syncs from A
 -- under an example policy with the `pksync` command, and the demo proves in
--- SQL that B now holds exactly A's data. Run through scripts/testenv.sh,
+-- SQL that B now holds exactly A's data; then B schedules the connection
+-- and one scheduled run syncs A's next change. Run through scripts/testenv.sh,
 -- which provides the throwaway PostgreSQL cluster and removes everything.
 package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
 package.cpath = "build/54/?.so;" .. package.cpath
@@ -120,6 +121,15 @@ local ok, err = pcall(function()
   note("products     %s rows transferred for 2 rows changed (path %s, the transfer B recorded)", tostring(moved),
     tostring(last and last.metadata and last.metadata.path))
   if moved ~= 2 then error("the second sync moved " .. tostring(moved) .. " rows of products, not the 2 that changed", 0) end
+
+  step("B turns on auto-sync; A changes a product; a scheduled run (the cron line: pksync sync --due --policy FILE) brings it over")
+  pksync_cmd(b, { "schedule", a.url, "--enable", "--every", "60" })
+  helper.psql(a.dbname, "UPDATE products SET price = price + 2, updated_at = now() WHERE id = 9")
+  pksync_cmd(b, { "sync", "--due", "--policy", "examples/policies/newest_wins.lua" })
+  pksync_cmd(b, { "schedule" })
+  fa, fb = fingerprint(a, "products"), fingerprint(b, "products")
+  note("products     %s  %s", fb, fa == fb and "= A" or "DIFFERS")
+  if fa ~= fb then error("products differ after the scheduled run", 0) end
 end)
 
 for _, s in ipairs { a, b } do

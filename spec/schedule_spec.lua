@@ -200,6 +200,23 @@ describe("scheduled sync", function()
     end)
   end)
 
+  it("`pksync schedule CONN` changes the auto-sync settings", function()
+    expect(cli(b, { "schedule", "From A", "--disable" }), 0)
+    assert.equals("false", field(b.conn, "auto_sync_enabled::text"))
+    assert.is_false(is_due(b.conn))
+    local r = expect(cli(b, { "schedule", "From A", "--enable", "--every", "90", "--tables", "customers, products",
+      "--now" }), 0)
+    assert.matches("From A%s+every 90m%s+now", r.out)
+    assert.equals("true|90|{customers,products}|true", field(b.conn, "auto_sync_enabled || '|' || " ..
+      "auto_sync_interval_minutes || '|' || auto_sync_tables::text || '|' || (next_auto_sync_at <= now())"))
+    expect(cli(b, { "schedule", "From A", "--tables", "" }), 0)
+    assert.equals("{}", field(b.conn, "auto_sync_tables::text"))
+    expect(cli(b, { "schedule", "--enable" }), 2)
+    expect(cli(b, { "schedule", "From A", "--every", "0" }), 2)
+    expect(cli(b, { "schedule", "From A", "--tables", "bad-name" }), 2)
+    set(b.conn, "next_auto_sync_at = NULL")
+  end)
+
   describe("running", function()
     it("syncs a due connection once, only its auto_sync_tables, and records the run", function()
       assert(b.client:update_connection(b.conn.uuid, { auto_sync_tables = { "customers", "products" } }))

@@ -5,8 +5,10 @@ local pksync = require "pksync"
 local core = require "pksync.core"
 local output = require "pksync.cli_output"
 local pull = require "pksync.cli_pull"
+local commands = require "pksync.cli_commands"
+local util = require "pksync.util"
 
-local type, tostring, tonumber, ipairs, pcall, math_min = type, tostring, tonumber, ipairs, pcall, math.min
+local type, tostring, tonumber, ipairs, pcall, math_min, math_floor = type, tostring, tonumber, ipairs, pcall, math.min, math.floor
 local str_format = string.format
 local null = pksync.null
 
@@ -137,8 +139,35 @@ local function last_result(c)
   return c.last_auto_sync_status .. " at " .. when(c.last_auto_sync_at)
 end
 
---- pksync schedule
+--- The auto-sync changes the options ask for, or nil when there are none.
+local function schedule_changes(ctx)
+  local o, attrs, any = ctx.opts, {}, false
+  if o.enable and o.disable then ctx:usage("--enable and --disable exclude each other") end
+  if o.enable or o.disable then attrs.auto_sync_enabled, any = o.enable == true, true end
+  if o.every then
+    local n = tonumber(o.every)
+    if not n or n < 1 or n ~= math_floor(n) or n > 2 ^ 31 - 1 then ctx:usage("--every needs a whole number of minutes") end
+    attrs.auto_sync_interval_minutes, any = n, true
+  end
+  if o.tables then
+    local list = output.split_list(o.tables)
+    for _, t in ipairs(list) do
+      if not util.valid_ident(t) then ctx:usage("'" .. output.cell(t) .. "' is not a table name") end
+    end
+    attrs.auto_sync_tables, any = list, true
+  end
+  if o.now then attrs.next_auto_sync_at, any = "now", true end  -- PostgreSQL's 'now'
+  return any and attrs or nil
+end
+
+--- pksync schedule [CONN [--enable|--disable] [--every MIN] [--tables a,b] [--now]]
 function _M.schedule(ctx)
+  local changes = schedule_changes(ctx)
+  if changes and not ctx.args.CONN then ctx:usage("name the connection to change: pksync schedule CONN ...") end
+  if ctx.args.CONN then
+    local conn = commands.receiver(ctx)
+    if changes then ctx:check("changing the schedule of " .. conn.site_url, ctx:client():update_connection(conn.uuid, changes)) end
+  end
   local state = ctx:check("reading the schedule", ctx:store():schedule_state())
   local docs, rows = pksync.array(), {}
   for _, c in ipairs(state) do
