@@ -302,6 +302,40 @@ describe("scheduled sync", function()
     end)
   end)
 
+  describe("policies", function()
+    it("a connection's own policy_file wins over the site's policy", function()
+      local dir = helper.root .. "/" .. helper.unique("policy")
+      assert(os.execute("mkdir -p " .. dir))
+      helper.write_file(dir .. "/own.lua", [[
+return { tables = function() return { "products" } end, strategy = function() return "overwrite" end }]])
+      helper.write_file(dir .. "/site.lua", [[return { tables = function() return { "customers" } end }]])
+      a.sql("UPDATE products SET price = price + 5, updated_at = now() WHERE id = 5")
+      assert(b.client:update_connection(b.conn.uuid, { metadata = { policy_file = dir .. "/own.lua" } }))
+      set(b.conn, "next_auto_sync_at = now()")
+      local round = assert(b.client:run_due_connections { policy = dir .. "/site.lua" })
+      local e = round.connections[1]
+      assert.equals("ok", e.outcome, tostring(e.error))
+      assert.equals(1, #e.report.tables)
+      assert.equals("products", e.report.tables[1].name)
+      assert.equals("overwrite", e.report.tables[1].strategy)
+      assert.equals(sites.fingerprint(a, "products"), sites.fingerprint(b, "products"))
+      -- without its own file, the site's policy decides
+      assert(b.client:update_connection(b.conn.uuid, { metadata = {} }))
+      set(b.conn, "next_auto_sync_at = now()")
+      round = assert(b.client:run_due_connections { policy = dir .. "/site.lua" })
+      assert.equals("customers", round.connections[1].report.tables[1].name)
+      -- a policy that cannot load fails the run, and it is retried later
+      assert(b.client:update_connection(b.conn.uuid, { metadata = { policy_file = dir .. "/missing.lua" } }))
+      set(b.conn, "next_auto_sync_at = now()")
+      round = assert(b.client:run_due_connections())
+      assert.equals("failed", round.connections[1].outcome)
+      assert.matches("^invalid_policy", round.connections[1].error)
+      assert.equals("1", field(b.conn, "auto_sync_failures"))
+      assert(b.client:update_connection(b.conn.uuid, { metadata = {} }))
+      set(b.conn, "next_auto_sync_at = NULL, auto_sync_failures = 0")
+    end)
+  end)
+
   describe("one runner per connection", function()
     -- a policy whose progress hook writes the runner's pid (the shell's
     -- parent) once the pull has started and then waits for a file: the
