@@ -462,10 +462,13 @@ end }]])
       b.sql("TRUNCATE reviews")
       set(b.conn, "next_auto_sync_at = now()")
       local started = b.sql("SELECT now()")
-      local config = ("{ db = %q, site_url = 'https://b.example', poll_ms = 100 }"):format(b.conninfo)
+      local config = ("{ db = %q, site_url = 'https://b.example', poll_ms = 100, metrics_dict = 'pksync_test' }")
+        :format(b.conninfo)
       local srv = helper.start_nginx { name = "sched", workers = 2, http = ([[
   init_worker_by_lua_block { assert(require("pksync.nginx").schedule %s) }]]):format(config), server = ([[
-    location = /metrics { content_by_lua_block { require("pksync.nginx").metrics %s } }]]):format(config) }
+    location = /metrics { content_by_lua_block { require("pksync.nginx").metrics %s } }
+    location /phoenix_kit/sync/api/ { content_by_lua_block { require("pksync.nginx").serve %s } }]]):format(
+        config, config) }
       local ok, err = pcall(function()
         local deadline = helper.now() + 30
         while field(b.conn, ("coalesce(last_auto_sync_at > '%s', false)::text"):format(started)) ~= "true" do
@@ -479,11 +482,16 @@ end }]])
         assert.equals("1", b.sql(("SELECT count(*) FROM pksync_transfers WHERE table_name = 'reviews' " ..
           "AND inserted_at >= '%s'"):format(started)))
         assert.equals(sites.fingerprint(a, "reviews"), sites.fingerprint(b, "reviews"))
+        for _ = 1, 2 do assert.equals(200, (helper.http("GET", srv.url .. "/phoenix_kit/sync/api/status"))) end
+        assert.equals(404, (helper.http("GET", srv.url .. "/phoenix_kit/sync/api/no-such-endpoint")))
         local status, body, headers = helper.http("GET", srv.url .. "/metrics")
         assert.equals(200, status)
         assert.matches("^text/plain; version=0.0.4", headers["content-type"])
         local _, samples = parse_prometheus(body)
         assert.equals(1, sample(samples, "pksync_last_sync_outcome", { connection = b.conn.uuid, outcome = "ok" }).value)
+        -- requests counted by every worker in the shared dict; unknown paths share one label
+        assert.equals(2, sample(samples, "pksync_requests_total", { endpoint = "status", status = "200" }).value)
+        assert.equals(1, sample(samples, "pksync_requests_total", { endpoint = "unknown", status = "404" }).value)
         assert.not_matches("%[error%]", srv.error_log())
       end)
       srv.stop()

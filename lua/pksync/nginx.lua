@@ -25,7 +25,8 @@ local DEFAULT_POOL = "pksync"
 local DEFAULT_MAX_REQUEST_BODY = 1024 * 1024
 
 -- Keys of a config that are the adapter's own, not pksync.new options.
-local ADAPTER_KEYS = { thread_pool = true, policy_file = true, poll_ms = true, retry_base_ms = true }
+local ADAPTER_KEYS = { thread_pool = true, policy_file = true, poll_ms = true, retry_base_ms = true,
+                       metrics_dict = true }
 
 ------------------------------------------------------------------------------
 -- worker-thread side (runs in a pool thread's own Lua VM)
@@ -67,12 +68,13 @@ local function client_for_call(config)
   return client, logs
 end
 
---- (pool thread) Answer one request; returns status, headers, body, logs.
+--- (pool thread) Answer one request; returns status, headers, body, logs
+-- and the endpoint's name (nil for a path that names none).
 function _M.thread_handle(config, req)
   local client, logs = client_for_call(config)
   local res = client:handle(req)
   client.logger = nil
-  return res.status, res.headers, res.body, logs
+  return res.status, res.headers, res.body, logs, client:endpoint_name(req.path)
 end
 
 --- (pool thread) Run one client method; returns logs and its results.
@@ -102,9 +104,9 @@ function _M.thread_schedule(config)
 end
 
 --- (pool thread) The metrics page; returns logs, text or nil, err, message.
-function _M.thread_metrics(config)
+function _M.thread_metrics(config, requests)
   local client, logs = client_for_call(config)
-  local text, err, detail = client:schedule_metrics()
+  local text, err, detail = client:schedule_metrics { requests = requests }
   client.logger = nil
   return logs, text, err, type(detail) == "table" and detail.message or nil
 end
@@ -163,22 +165,49 @@ local function read_request(max_body)
            remote_addr = ngx.var.remote_addr }
 end
 
+--- Count a served request in the `metrics_dict` shared dict (every worker's
+-- counts in one place), when the config names one.
+local function count_request(config, endpoint, status)
+  local name = config.metrics_dict
+  if not name then return end
+  local dict = ngx.shared[name]
+  if not dict then return end
+  dict:incr("requests|" .. (endpoint or "unknown") .. "|" .. tostring(status), 1, 0)
+end
+
+--- The counts of count_request as {{endpoint, status, n}...}, or nil.
+local function request_counts(config)
+  local ngx = ngx
+  local dict = config.metrics_dict and ngx.shared[config.metrics_dict]
+  if not dict then return nil end
+  local out = {}
+  for _, key in ipairs(dict:get_keys(0)) do
+    local endpoint, status = key:match("^requests|([^|]+)|(%d+)$")
+    if endpoint then out[#out + 1] = { endpoint = endpoint, status = status, count = dict:get(key) or 0 } end
+  end
+  return out
+end
+
 --- Serve the sync API for this request (content_by_lua*).
 -- @param config pksync.new options that can cross into a thread (strings,
 --   numbers, booleans, tables of those), plus `thread_pool` (default
---   "pksync") and `policy_file` (a Lua policy file, loaded in each thread)
+--   "pksync"), `policy_file` (a Lua policy file, loaded in each thread) and
+--   `metrics_dict` (a lua_shared_dict counting requests by endpoint and
+--   status for `metrics`)
 function _M.serve(config)
   local ngx = ngx
   local max_body = config.max_request_body or DEFAULT_MAX_REQUEST_BODY
   local req = read_request(max_body)
   if not req then return json_error(413, "Request body too large") end
-  local ok, status, headers, body, logs = ngx.run_worker_thread(config.thread_pool or DEFAULT_POOL,
+  local ok, status, headers, body, logs, endpoint = ngx.run_worker_thread(config.thread_pool or DEFAULT_POOL,
     "pksync.nginx", "thread_handle", config, req)
   if not ok then
     ngx.log(ngx.ERR, "pksync: worker thread failed: ", tostring(status))
+    count_request(config, nil, 500)
     return json_error(500, "Internal server error")
   end
   emit_logs(logs)
+  count_request(config, endpoint, status)
   return send(status, headers, body)
 end
 
@@ -219,12 +248,13 @@ function _M.schedule(config)
 end
 
 --- Serve the scheduled sync's metrics in Prometheus' text format
--- (content_by_lua*), at a location of the user's choosing.
+-- (content_by_lua*), at a location of the user's choosing; with
+-- `metrics_dict` (the same as `serve`'s), also the requests served.
 --   location = /metrics { content_by_lua_block { require("pksync.nginx").metrics { db = "..." } } }
 function _M.metrics(config)
   local ngx = ngx
   local ok, logs, text, err, message = ngx.run_worker_thread(config.thread_pool or DEFAULT_POOL,
-    "pksync.nginx", "thread_metrics", config)
+    "pksync.nginx", "thread_metrics", config, request_counts(config))
   if not ok then
     ngx.log(ngx.ERR, "pksync: worker thread failed: ", tostring(logs))
     return send(500, { ["content-type"] = "text/plain" }, "metrics unavailable\n")

@@ -255,12 +255,23 @@ local function per_receiver(state, value)
   return samples
 end
 
+local function request_samples(requests)
+  local samples = {}
+  for _, r in ipairs(requests) do
+    samples[#samples + 1] = { labels { "endpoint", r.endpoint, "status", r.status }, r.count }
+  end
+  tbl_sort(samples, function(x, y) return x[1] < y[1] end)
+  return samples
+end
+
 --- The schedule's metrics in Prometheus' text format: connections by
 -- status and direction; per receiver connection: auto-sync enabled, seconds
 -- since the last successful automatic sync, seconds until due, the last
 -- outcome, consecutive failures, rows pulled.
+-- @param opts optional `requests` (`{{endpoint=, status=, count=}...}`,
+--   the host's request counts: pksync.nginx keeps them)
 -- @return text or nil, err, detail
-function _M.schedule_metrics(self)
+function _M.schedule_metrics(self, opts)
   local state, err, detail = self:schedule_state()
   if not state then return nil, err, detail end
   local lines = {}
@@ -281,6 +292,10 @@ function _M.schedule_metrics(self)
     per_receiver(state, function(c) return c.auto_sync_failures end))
   family(lines, "pksync_rows_pulled_total", "counter", "Rows received on the connection (every recorded pull).",
     per_receiver(state, function(c) return c.rows_pulled end))
+  if opts and opts.requests then
+    family(lines, "pksync_requests_total", "counter", "Sync API requests served, by endpoint and HTTP status.",
+      request_samples(opts.requests))
+  end
   return tbl_concat(lines, "\n") .. "\n"
 end
 

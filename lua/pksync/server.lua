@@ -218,6 +218,13 @@ local function check_request(req)
   if req.body ~= nil and type(req.body) ~= "string" then error("handle: body must be a string", 3) end
 end
 
+--- The endpoint a request path names under our prefix (e.g. "pull-data"),
+-- or nil: a label of bounded cardinality for counting requests.
+function _M.endpoint_name(self, path)
+  if type(path) ~= "string" then return nil end
+  return route(self, path)
+end
+
 --- Answer one request of the sync API.
 -- @param req `{method=, path=, headers= (lowercase names), body=, remote_addr=}`
 -- @return `{status=, headers=, body=}`; unexpected failures inside become a
