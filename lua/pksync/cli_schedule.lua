@@ -185,5 +185,4 @@ function _M.schedule(ctx)
   return EXIT_OK
 end
 
-_M._exit_code = exit_code
 return _M
