@@ -11,7 +11,7 @@ local LUA = helper.runtime == "jit" and "luajit" or "lua5.4"
 local BIN = helper.repo .. "/bin/pksync"
 
 --- Run the CLI on B (in the background with opts.background: returns the
--- file names instead of waiting).
+-- file names instead of waiting, and `<base>.pid` holds the runner's pid).
 local function cli(b, args, opts)
   opts = opts or {}
   local base = helper.root .. "/" .. helper.unique("sched")
@@ -21,7 +21,9 @@ local function cli(b, args, opts)
     helper.shell_quote(helper.repo), LUA, helper.shell_quote(BIN), helper.shell_quote(b.conninfo),
     table.concat(quoted, " "), base, base)
   if opts.background then
-    os.execute("(" .. cmd .. "; echo $? >" .. base .. ".rc) >/dev/null 2>&1 &")
+    -- sh's $$ becomes the runner's pid through exec (env execs the interpreter)
+    local inner = cmd:gsub("&& env ", "&& echo $$ >" .. base .. ".pid && exec env ", 1)
+    os.execute("(sh -c " .. helper.shell_quote(inner) .. "; echo $? >" .. base .. ".rc) >/dev/null 2>&1 &")
     return { base = base }
   end
   os.execute("(" .. cmd .. "); echo $? >" .. base .. ".rc")
@@ -386,9 +388,21 @@ end }]]):format(dir, dir, dir, dir .. "/go"))
       helper.run("kill -9 " .. pid)
       wait_exit(first)
       assert.is_true(is_due(b.conn))                    -- nothing recorded, nothing held
+      -- the page before the kill was committed: the next run keeps it and
+      -- pulls only the rest of that table (by digests), not all of it again
+      local kept = {}
+      for _, t in ipairs { "order_items", "reviews" } do kept[t] = tonumber(b.sql("SELECT count(*) FROM " .. t)) end
+      local begun = kept.order_items > 0 and "order_items" or "reviews"
+      assert.equals(100, kept[begun])
       local doc = expect(cli(b, { "sync", "--due", "--json" }), 0).json()
       assert.equals("ok", doc.connections[1].outcome)
       for _, t in ipairs(sites.TABLES) do assert.equals(sites.fingerprint(a, t), sites.fingerprint(b, t), t) end
+      for _, t in ipairs(doc.connections[1].report.tables) do
+        if t.name == begun then
+          assert.equals("incremental", t.path)
+          assert.is_true(t.imported == tonumber(a.sql("SELECT count(*) FROM " .. begun)) - 100, tostring(t.imported))
+        end
+      end
     end)
   end)
 
@@ -427,6 +441,28 @@ end }]])
       assert.equals(sites.fingerprint(a, "customers"), sites.fingerprint(b, "customers"))
       assert.equals(sites.fingerprint(a, "orders"), sites.fingerprint(b, "orders"))
       assert(b.client:update_connection(b.conn.uuid, { auto_sync_tables = {} }))
+    end)
+  end)
+
+  describe("--watch, idle", function()
+    it("runs a connection when it falls due, and exits 0 on SIGTERM between rounds", function()
+      local started = b.sql("SELECT now()")
+      assert.is_false(is_due(b.conn))
+      local bg = cli(b, { "sync", "--watch", "--poll", "100" }, { background = true })
+      assert(wait_file(bg.base .. ".pid"), "the watcher did not start")
+      set(b.conn, "next_auto_sync_at = now()")
+      local deadline = helper.now() + 30
+      while field(b.conn, ("coalesce(last_auto_sync_at > '%s', false)::text"):format(started)) ~= "true" do
+        assert(helper.now() < deadline, "the watcher did not run the due connection: " ..
+          (helper.read_file(bg.base .. ".err") or ""))
+        helper.sleep(0.05)
+      end
+      helper.run("kill -TERM " .. assert(helper.read_file(bg.base .. ".pid"):match("%d+")))
+      local r = wait_exit(bg)
+      assert.equals(0, r.code, r.err)
+      assert.matches("stopped by SIGTERM", r.err)
+      assert.matches("ok%s+From A", r.out)
+      assert.equals("ok", field(b.conn, "last_auto_sync_status"))
     end)
   end)
 
