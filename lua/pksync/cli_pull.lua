@@ -78,20 +78,11 @@ local function run(ctx, conn, opts)
 end
 
 --- The exit code a report earns, and a summary of what failed.
-local function outcome(report)
-  local failed_tables, offline = 0, 0
-  for _, t in ipairs(report.tables or {}) do
-    if t.action == "failed" then
-      failed_tables = failed_tables + 1
-      if t.error == "offline" then offline = offline + 1 end
-    end
-  end
-  local rows = type(report.totals) == "table" and report.totals.failed or 0
-  if failed_tables == 0 and (rows or 0) == 0 then return EXIT_OK end
-  local summary = str_format("%s rows failed, %d of %d tables failed", output.int(rows or 0), failed_tables,
-    #(report.tables or {}))
-  if offline > 0 and offline == failed_tables and offline == #report.tables then return EXIT_OFFLINE, summary end
-  return EXIT_PARTIAL, summary
+local EXIT_OF = { ok = EXIT_OK, offline = EXIT_OFFLINE, partial = EXIT_PARTIAL }
+
+local function outcome(ctx, report)
+  local kind, summary = ctx:client():report_outcome(report)
+  return EXIT_OF[kind], summary
 end
 
 local function show(ctx, conn, report)
@@ -105,7 +96,7 @@ end
 
 local function finish(ctx, conn, report)
   show(ctx, conn, report)
-  local code, summary = outcome(report)
+  local code, summary = outcome(ctx, report)
   if code ~= EXIT_OK then
     ctx.stderr:write("pksync: ", report.dry_run and "dry run against " or "pulling from ", conn.site_url,
       report.dry_run and ": would be incomplete (" or ": incomplete (", summary, ")\n")

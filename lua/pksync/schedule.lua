@@ -73,23 +73,6 @@ local function stoppable_progress(on_progress, should_stop)
   end
 end
 
---- The outcome of a sync report: ok, partial (rows or tables failed) or
--- offline (every table failed because the sender went away), with a summary.
-local function report_outcome(report)
-  local failed_tables, offline = 0, 0
-  for _, t in ipairs(report.tables) do
-    if t.action == "failed" then
-      failed_tables = failed_tables + 1
-      if t.error == "offline" then offline = offline + 1 end
-    end
-  end
-  local rows = report.totals.failed or 0
-  if failed_tables == 0 and rows == 0 then return "ok" end
-  local summary = str_format("%d rows failed, %d of %d tables failed", rows, failed_tables, #report.tables)
-  if offline > 0 and offline == failed_tables and offline == #report.tables then return "offline", summary end
-  return "partial", summary
-end
-
 local function message_of(err, detail)
   local msg = type(detail) == "table" and detail.message
   if type(msg) == "string" and msg ~= "" then return err .. ": " .. msg end
@@ -131,7 +114,7 @@ local function run_claimed(self, conn, opts, should_stop)
   end
   entry.report = report
   entry.rows = report.totals.transferred
-  entry.outcome, entry.error = report_outcome(report)
+  entry.outcome, entry.error = self:report_outcome(report)
   if should_stop() then entry.outcome, entry.error = "stopped", "stopped by " .. tostring(should_stop()) end
   return entry
 end

@@ -10,7 +10,8 @@ local util = require "pksync.util"
 local catalog = require "pksync.catalog"
 local policy_mod = require "pksync.policy"
 
-local type, ipairs, tostring, setmetatable = type, ipairs, tostring, setmetatable
+local type, ipairs, tostring, tonumber, setmetatable = type, ipairs, tostring, tonumber, setmetatable
+local str_format = string.format
 local now = core.monotonic_ms
 
 local _M = {}
@@ -112,6 +113,24 @@ local function sender_ready(self, conn, opts)
     return nil, "sender_not_active", { message = "the sender's connection is " .. tostring(status), status = status }
   end
   return status
+end
+
+--- What a sync report amounts to: "ok", "partial" (rows or tables
+-- failed) or "offline" (every table failed because the sender went away),
+-- and for the last two a summary of what failed.
+function _M.report_outcome(_, report)
+  local failed_tables, offline, tables = 0, 0, report.tables or {}
+  for _, t in ipairs(tables) do
+    if t.action == "failed" then
+      failed_tables = failed_tables + 1
+      if t.error == "offline" then offline = offline + 1 end
+    end
+  end
+  local rows = type(report.totals) == "table" and tonumber(report.totals.failed) or 0
+  if failed_tables == 0 and rows == 0 then return "ok" end
+  local summary = str_format("%d rows failed, %d of %d tables failed", rows, failed_tables, #tables)
+  if offline > 0 and offline == #tables then return "offline", summary end
+  return "partial", summary
 end
 
 --- Sync a receiver connection from its sender.
