@@ -32,21 +32,12 @@ local function cli(args, env)
     helper.shell_quote(helper.repo), env or "", LUA, helper.shell_quote(BIN), table.concat(quoted, " "),
     base, base, base)
   os.execute(cmd)
-  local r = { out = helper.read_file(base .. ".out") or "", err = helper.read_file(base .. ".err") or "",
-    code = tonumber(helper.read_file(base .. ".rc")) }
+  local r = helper.command_result(base)
   transcript[#transcript + 1] = r.out .. r.err
-  function r.json()
-    local doc, err = json.decode(r.out)
-    assert(doc ~= nil, "not JSON: " .. tostring(err) .. "\n" .. r.out .. r.err)
-    return doc
-  end
   return r
 end
 
-local function expect(r, code)
-  assert(r.code == code, ("exit %s, wanted %d\nstdout: %s\nstderr: %s"):format(tostring(r.code), code, r.out, r.err))
-  return r
-end
+local expect = helper.expect_exit
 
 local function join(...)
   local out = {}

@@ -249,6 +249,25 @@ function helper.http(method, url, body, headers)
   return status, table.concat(chunks), resp_headers
 end
 
+--- The result of a command run whose output went to BASE.out, BASE.err
+-- and its exit code to BASE.rc: {out, err, code, json()}.
+function helper.command_result(base)
+  local r = { out = helper.read_file(base .. ".out") or "", err = helper.read_file(base .. ".err") or "",
+              code = tonumber(helper.read_file(base .. ".rc")) }
+  function r.json()
+    local doc, err = require("pksync").json.decode(r.out)
+    assert(doc ~= nil, "not JSON: " .. tostring(err) .. "\n" .. r.out .. r.err)
+    return doc
+  end
+  return r
+end
+
+--- Assert a command_result's exit code, showing its output when it differs.
+function helper.expect_exit(r, code)
+  assert(r.code == code, ("exit %s, wanted %d\nstdout: %s\nstderr: %s"):format(tostring(r.code), code, r.out, r.err))
+  return r
+end
+
 --- Start the scripted peer (spec/fixtures/peer.lua) in nginx.
 -- The returned server has scenario(path, spec), requests(), reset().
 function helper.start_peer(opts)

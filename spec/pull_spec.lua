@@ -48,6 +48,14 @@ describe("pull_table_data", function()
   local function sql_a(q) return helper.psql(a.dbname, q) end
   local function sql_b(q) return helper.psql(b.dbname, q) end
 
+  -- A served as a plain sender (PhoenixKit 0.2's answers: no extensions)
+  local function start_plain()
+    return helper.start_nginx { name = "plain", server = ([[
+      location /phoenix_kit/sync/api/ {
+        content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q, extensions = false } }
+      }]]):format(a.conninfo, a.url) }
+  end
+
   local function start_a(port)
     a.srv = helper.start_nginx { name = "sender", port = port, server = ([[
       location /phoenix_kit/sync/api/ {
@@ -274,10 +282,7 @@ describe("pull_table_data", function()
   end)
 
   it("gets every row from a plain sender that stops at 10,000 per request", function()
-    local plain = helper.start_nginx { name = "plain", server = ([[
-      location /phoenix_kit/sync/api/ {
-        content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q, extensions = false } }
-      }]]):format(a.conninfo, a.url) }
+    local plain = start_plain()
     sql_b("DROP TABLE many; CREATE TABLE many (id int PRIMARY KEY, v text)")
     local conn = { site_url = plain.url, auth_token_hash = recv.auth_token_hash }
     local r = assert(b.client:pull_table_data(conn, "many"))
@@ -291,10 +296,7 @@ describe("pull_table_data", function()
     assert.equals(0, r.records_failed)
     -- a table that fits in one page stays on pull-data
     sql_b("TRUNCATE pairs")
-    plain = helper.start_nginx { name = "plain", server = ([[
-      location /phoenix_kit/sync/api/ {
-        content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q, extensions = false } }
-      }]]):format(a.conninfo, a.url) }
+    plain = start_plain()
     r = assert(b.client:pull_table_data({ site_url = plain.url, auth_token_hash = recv.auth_token_hash }, "pairs"))
     plain.stop()
     assert.equals("pull-data", r.path)
@@ -347,10 +349,7 @@ describe("pull_table_data", function()
     local site = pksync.new { db = a.conninfo, site_url = a.url }
     local conn_a = helper.sender_connection(site, { max_records_per_request = 25 })
     site:close()
-    local plain = helper.start_nginx { name = "plain", server = ([[
-      location /phoenix_kit/sync/api/ {
-        content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q, extensions = false } }
-      }]]):format(a.conninfo, a.url) }
+    local plain = start_plain()
     sql_b("TRUNCATE pairs")
     local conn = { site_url = plain.url, auth_token_hash = conn_a.auth_token_hash }
     local r = assert(b.client:pull_table_data(conn, "pairs"))

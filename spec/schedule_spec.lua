@@ -27,20 +27,11 @@ local function cli(b, args, opts)
     return { base = base }
   end
   os.execute("(" .. cmd .. "); echo $? >" .. base .. ".rc")
-  local r = { out = helper.read_file(base .. ".out") or "", err = helper.read_file(base .. ".err") or "",
-              code = tonumber(helper.read_file(base .. ".rc")) }
-  function r.json()
-    local doc, err = pksync.json.decode(r.out)
-    assert(doc ~= nil, "not JSON: " .. tostring(err) .. "\n" .. r.out .. r.err)
-    return doc
-  end
+  local r = helper.command_result(base)
   return r
 end
 
-local function expect(r, code)
-  assert(r.code == code, ("exit %s, wanted %d\nstdout: %s\nstderr: %s"):format(tostring(r.code), code, r.out, r.err))
-  return r
-end
+local expect = helper.expect_exit
 
 --- Wait for a file to exist (a background process reached a point).
 local function wait_file(path, seconds)
