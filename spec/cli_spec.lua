@@ -24,13 +24,14 @@ INSERT INTO products SELECT g, 1 + g % 5, 'product ' || g, CASE WHEN g = 13 THEN
 local transcript = {}
 
 --- Run the CLI; returns {out, err, code, json()}.
-local function cli(args, env)
+local function cli(args, env, stdin)
   local base = helper.root .. "/" .. helper.unique("cli")
   local quoted = {}
   for i, a in ipairs(args) do quoted[i] = helper.shell_quote(a) end
-  local cmd = ("cd %s && env -u PKSYNC_PROGRESS %s %s %s %s >%s.out 2>%s.err; echo $? >%s.rc"):format(
+  helper.write_file(base .. ".in", stdin or "")
+  local cmd = ("cd %s && env -u PKSYNC_PROGRESS %s %s %s %s <%s.in >%s.out 2>%s.err; echo $? >%s.rc"):format(
     helper.shell_quote(helper.repo), env or "", LUA, helper.shell_quote(BIN), table.concat(quoted, " "),
-    base, base, base)
+    base, base, base, base)
   os.execute(cmd)
   local r = helper.command_result(base)
   transcript[#transcript + 1] = r.out .. r.err
@@ -197,7 +198,7 @@ describe("pksync CLI", function()
       local doc = expect(on_a { "settings", "--json", "--incoming-mode", "require_password",
         "--incoming-password", PASSWORD }, 0).json()
       assert.same({ enabled = true, incoming_mode = "require_password", password_set = true,
-        site_url = a.srv.site_url }, doc)
+        admin_password_set = false, site_url = a.srv.site_url }, doc)
       assert.is_true(expect(cli { "status", "--json", a.srv.site_url }, 0).json().password_required)
 
       doc = expect(on_a { "settings", "--json", "--disable" }, 0).json()
@@ -207,6 +208,29 @@ describe("pksync CLI", function()
       r = expect(on_a { "settings", "--enable", "--incoming-mode", "auto_accept", "--incoming-password", "" }, 0)
       assert.matches("enabled%s+yes", r.out)
       assert.matches("password%s+not set", r.out)
+    end)
+
+    it("settings --admin-password: stored salted and hashed, never shown, read from stdin with -", function()
+      local ADMIN = "admin secret 1"
+      local r = expect(on_a { "settings", "--admin-password", ADMIN }, 0)
+      assert.matches("admin password%s+set", r.out)
+      assert.is_nil(r.out:find(ADMIN, 1, true))
+      local stored = sql_a("SELECT value #>> '{}' FROM pksync_settings WHERE key = 'admin_password_hash'")
+      assert.matches("^pbkdf2%-sha256%$", stored)
+      assert.is_nil(stored:find(ADMIN, 1, true))
+      local site = pksync.new { db = a.conninfo }
+      assert.is_true(site:check_admin_password(ADMIN))
+      assert.is_false(site:check_admin_password("admin secret 2"))
+      -- the same password gets another salt
+      expect(on_a { "settings", "--admin-password", ADMIN }, 0)
+      assert.not_equals(stored, sql_a("SELECT value #>> '{}' FROM pksync_settings WHERE key = 'admin_password_hash'"))
+      assert.matches("no password on stdin", expect(on_a { "settings", "--admin-password", "-" }, 2).err)
+      r = expect(cli({ "--db", a.conninfo, "settings", "--json", "--admin-password", "-" }, nil, "from stdin\n"), 0)
+      assert.is_true(r.json().admin_password_set)
+      assert.is_true(site:check_admin_password("from stdin"))
+      assert.is_true(expect(on_a { "settings", "--json", "--admin-password", "" }, 0).json().admin_password_set == false)
+      assert.equals("unset", site:check_admin_password("from stdin"))
+      site:close()
     end)
 
     it("connections add: a sender registers on B, the raw token shown once", function()

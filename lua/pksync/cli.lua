@@ -73,6 +73,7 @@ local OPTIONS = {
   watch = { help = "stay in the foreground and sync connections as they fall due (no CONN)" },
   poll = { value = "MS", help = "--watch: how often to look for due connections (default 60000)" },
   ["retry-base"] = { value = "MS", help = "first retry delay of an offline sender, doubled per failure (default 60000)" },
+  ["admin-password"] = { value = "P", help = "the admin page's password (\"-\" reads it from stdin, \"\" clears it)" },
 }
 
 local GLOBAL_OPTIONS = { "db", "site-url", "json", "timeout", "quiet", "help" }
@@ -102,7 +103,8 @@ local COMMANDS = {
     summary = "show (or with CONN, change) the receiver connections' auto-sync: next due, last result, failures" },
   { "serve", opts = { "listen", "threads", "start", "dir", "prefix" }, run = commands.serve,
     summary = "print (or --start) an nginx configuration serving this site" },
-  { "settings", opts = { "enable", "disable", "incoming-mode", "incoming-password", "site-url-set" },
+  { "settings", opts = { "enable", "disable", "incoming-mode", "incoming-password", "site-url-set",
+      "admin-password" },
     run = commands.settings, summary = "show or change this site's sync settings" },
 }
 for i, verb in ipairs(LIFECYCLE) do

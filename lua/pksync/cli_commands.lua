@@ -14,6 +14,7 @@ local math_floor = math.floor
 local str_format, tbl_concat = string.format, table.concat
 local null = pksync.null
 local rawget, G = rawget, _G
+local io_read = io.read
 
 local _M = {}
 
@@ -402,10 +403,17 @@ local function settings_change(ctx)
   if o.enable then change.enabled = true elseif o.disable then change.enabled = false end
   change.incoming_mode = mode
   change.incoming_password = o["incoming-password"]
+  change.admin_password = o["admin-password"]
+  if change.admin_password == "-" then
+    -- from stdin, so the password stays out of the process list and shell history
+    change.admin_password = (io_read("*l") or ""):gsub("\r$", "")
+    if change.admin_password == "" then ctx:usage("--admin-password -: no password on stdin") end
+  end
   return change
 end
 
 --- pksync settings [--enable|--disable] [--incoming-mode M] [--incoming-password P] [--site-url-set URL]
+-- [--admin-password P]
 function _M.settings(ctx)
   local change = settings_change(ctx)
   local client = ctx:store()
@@ -413,11 +421,12 @@ function _M.settings(ctx)
   if ctx.opts["site-url-set"] then store_site_url(ctx, client, ctx.opts["site-url-set"]) end
   local s = ctx:check("reading settings", client:get_settings())
   local doc = { enabled = s.enabled, incoming_mode = s.incoming_mode, password_set = s.password_set,
-    site_url = s.site_url or _M.stored_site_url(client) or null }
+    admin_password_set = s.admin_password_set, site_url = s.site_url or _M.stored_site_url(client) or null }
   ctx:emit(doc)
   ctx:lines(output.pairs_lines {
     { "enabled", yes_no(doc.enabled) }, { "incoming mode", text(doc.incoming_mode) or "-" },
     { "password", doc.password_set and "set" or "not set" },
+    { "admin password", doc.admin_password_set and "set" or "not set" },
     { "site URL", doc.site_url ~= null and text(doc.site_url) or "(not set)" } })
   return EXIT_OK
 end

@@ -528,10 +528,11 @@ function _M.get_settings(self)
   rows, err = db:query(str_format("SELECT key, value::text AS value FROM %s", tname(self, "settings")))
   if not rows then return nil, "store_failed", { message = err } end
   local out = util.copy(SETTING_DEFAULTS)
-  out.password_set = false
+  out.password_set, out.admin_password_set = false, false
   for _, r in ipairs(rows) do
     local v = json_decode(r.value)
     if r.key == "incoming_password_hash" then out.password_set = type(v) == "string"
+    elseif r.key == "admin_password_hash" then out.admin_password_set = type(v) == "string"
     elseif r.key == "site_url" and type(v) == "string" then out.site_url = v
     elseif SETTING_DEFAULTS[r.key] ~= nil and type(v) == type(SETTING_DEFAULTS[r.key]) then out[r.key] = v end
   end
@@ -544,10 +545,15 @@ local function put_setting(self, db, key, value)
     key, json_encode(value))
 end
 
+-- Settings given as a password and stored as its salted PBKDF2 hash.
+local PASSWORD_SETTINGS = { incoming_password = "incoming_password_hash", admin_password = "admin_password_hash" }
+
 --- Change settings: `enabled` (boolean), `incoming_mode` (auto_accept,
 -- require_approval, require_password, deny_all), `incoming_password`
--- (stored as a salted PBKDF2 hash; "" or pksync.null clears it), `site_url`
--- (this site's public URL, for tools that have no client option for it).
+-- (stored as a salted PBKDF2 hash; "" or pksync.null clears it),
+-- `admin_password` (the admin page's login, stored and cleared the same
+-- way), `site_url` (this site's public URL, for tools that have no client
+-- option for it).
 -- @return the new settings or nil, err, detail
 function _M.set_settings(self, attrs)
   if type(attrs) ~= "table" then error("set_settings: table expected", 2) end
@@ -556,8 +562,8 @@ function _M.set_settings(self, attrs)
       if type(v) ~= "boolean" then error("set_settings: enabled must be a boolean", 2) end
     elseif k == "incoming_mode" then
       if not _M.INCOMING_MODES[v] then error("set_settings: invalid incoming_mode", 2) end
-    elseif k == "incoming_password" then
-      if v ~= null and type(v) ~= "string" then error("set_settings: incoming_password must be a string", 2) end
+    elseif PASSWORD_SETTINGS[k] then
+      if v ~= null and type(v) ~= "string" then error("set_settings: " .. k .. " must be a string", 2) end
     elseif k == "site_url" then
       if type(v) ~= "string" or not v:match("^https?://[^/]") then error("set_settings: site_url must be an http(s) URL", 2) end
     else
@@ -569,11 +575,12 @@ function _M.set_settings(self, attrs)
   for _, k in ipairs(sorted_keys(attrs)) do
     local v = attrs[k]
     local ok
-    if k == "incoming_password" then
+    local hash_key = PASSWORD_SETTINGS[k]
+    if hash_key then
       if v == null or v == "" then
-        ok, err = db:query(str_format("DELETE FROM %s WHERE key = 'incoming_password_hash'", tname(self, "settings")))
+        ok, err = db:query(str_format("DELETE FROM %s WHERE key = $1", tname(self, "settings")), hash_key)
       else
-        ok, err = put_setting(self, db, "incoming_password_hash", core.password_hash(v))
+        ok, err = put_setting(self, db, hash_key, core.password_hash(v))
       end
     else
       ok, err = put_setting(self, db, k, v)
@@ -583,17 +590,28 @@ function _M.set_settings(self, attrs)
   return _M.get_settings(self)
 end
 
---- Check a password against the stored incoming password.
--- @return "unset", true (matches) or false
-function _M.check_incoming_password(self, password)
+--- Check a password against the stored hash of a password setting.
+local function check_password_setting(self, hash_key, password)
   local db, err, detail = db_or_err(self)
   if not db then return nil, err, detail end
   local rows
-  rows, err = db:query(str_format("SELECT value #>> '{}' AS hash FROM %s WHERE key = 'incoming_password_hash'",
-    tname(self, "settings")))
+  rows, err = db:query(str_format("SELECT value #>> '{}' AS hash FROM %s WHERE key = $1",
+    tname(self, "settings")), hash_key)
   if not rows then return nil, "store_failed", { message = err } end
   if not rows[1] then return "unset" end
   return type(password) == "string" and core.password_verify(password, rows[1].hash)
+end
+
+--- Check a password against the stored incoming password.
+-- @return "unset", true (matches) or false
+function _M.check_incoming_password(self, password)
+  return check_password_setting(self, "incoming_password_hash", password)
+end
+
+--- Check a password against the stored admin password.
+-- @return "unset", true (matches) or false
+function _M.check_admin_password(self, password)
+  return check_password_setting(self, "admin_password_hash", password)
 end
 
 ------------------------------------------------------------------------------
@@ -678,16 +696,17 @@ function _M.add_to_send_transfer(self, uuid, conn_uuid, page)
   return true
 end
 
---- Transfers, newest first: filter `{connection_uuid=, table_name=, direction=, status=, limit=}`.
+--- Transfers, newest first: filter `{connection_uuid=, table_name=, direction=, status=, limit=, offset=}`.
 function _M.list_transfers(self, filter)
   filter = filter or {}
   local db, err, detail = db_or_err(self)
   if not db then return nil, err, detail end
   local where, params = where_clause(filter, TRANSFER_FILTERS)
   params[#params + 1] = filter.limit or 100
+  params[#params + 1] = filter.offset or 0
   local rows
-  rows, err = db:query(str_format("SELECT * FROM %s%s ORDER BY inserted_at DESC LIMIT $%d::int",
-    tname(self, "transfers"), where, #params),
+  rows, err = db:query(str_format("SELECT * FROM %s%s ORDER BY inserted_at DESC, uuid LIMIT $%d::int OFFSET $%d::int",
+    tname(self, "transfers"), where, #params - 1, #params),
     unpack(params))
   if not rows then return nil, "store_failed", { message = err } end
   rows.affected = nil
@@ -821,6 +840,138 @@ function _M.schedule_state(self)
   if not rows then return nil, "store_failed", { message = err } end
   rows.affected = nil
   return setmetatable(rows, core.array_mt)
+end
+
+--- One transfer by uuid.
+-- @return transfer or nil, "not_found" (or a store error)
+function _M.get_transfer(self, uuid)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  if type(uuid) ~= "string" or not uuid:match("^%x+%-%x+%-%x+%-%x+%-%x+$") then
+    return nil, "not_found", { message = "no such transfer" }
+  end
+  local rows
+  rows, err = db:query(str_format("SELECT * FROM %s WHERE uuid = $1::uuid", tname(self, "transfers")), uuid)
+  if not rows then return nil, "store_failed", { message = err } end
+  if not rows[1] then return nil, "not_found", { message = "no such transfer" } end
+  return to_transfer(rows[1])
+end
+
+------------------------------------------------------------------------------
+-- the admin page: sessions, failed logins, sync jobs (pksync.admin)
+
+local function admin_query(self, sql, ...)
+  local db, err, detail = db_or_err(self)
+  if not db then return nil, err, detail end
+  local rows
+  rows, err, detail = db:query(sql, ...)
+  if not rows then return nil, "store_failed", { message = err, sqlstate = detail and detail.sqlstate } end
+  rows.affected = nil
+  return rows
+end
+
+--- Record a session by the digest of its id, valid for `minutes`.
+function _M.create_admin_session(self, id_hash, client_ip, minutes)
+  local rows, err, detail = admin_query(self, str_format([[INSERT INTO %s (id_hash, client_ip, expires_at)
+    VALUES ($1, $2, now() + make_interval(mins => $3::int))]], tname(self, "admin_sessions")),
+    id_hash, client_ip or null, minutes)
+  if not rows then return nil, err, detail end
+  return true
+end
+
+--- The unexpired session with this id digest (expired ones are removed).
+-- @return `{id_hash, client_ip, expires_at}`, false when there is none, or nil, err, detail
+function _M.find_admin_session(self, id_hash)
+  local ok, err, detail = admin_query(self, str_format("DELETE FROM %s WHERE expires_at <= now()",
+    tname(self, "admin_sessions")))
+  if not ok then return nil, err, detail end
+  local rows
+  rows, err, detail = admin_query(self, str_format("SELECT id_hash, client_ip, expires_at FROM %s WHERE id_hash = $1",
+    tname(self, "admin_sessions")), id_hash)
+  if not rows then return nil, err, detail end
+  return rows[1] or false
+end
+
+--- End a session.
+function _M.delete_admin_session(self, id_hash)
+  local rows, err, detail = admin_query(self, str_format("DELETE FROM %s WHERE id_hash = $1",
+    tname(self, "admin_sessions")), id_hash)
+  if not rows then return nil, err, detail end
+  return true
+end
+
+--- Failed logins of a client address in the current window of `minutes`
+-- (an older window counts as none).
+-- @return `{failures, retry_after (s)}` or nil, err, detail
+function _M.admin_login_failures(self, client_ip, minutes)
+  local rows, err, detail = admin_query(self, str_format([[SELECT
+      CASE WHEN window_start > now() - make_interval(mins => $2::int) THEN failures ELSE 0 END AS failures,
+      greatest(0, ceil(extract(epoch FROM window_start + make_interval(mins => $2::int) - now())))::int
+        AS retry_after
+    FROM %s WHERE client_ip = $1]], tname(self, "admin_logins")), client_ip, minutes)
+  if not rows then return nil, err, detail end
+  return rows[1] or { failures = 0, retry_after = 0 }
+end
+
+--- Count one failed login of a client address (a new window when the old one is over).
+function _M.count_admin_login_failure(self, client_ip, minutes)
+  local rows, err, detail = admin_query(self, str_format([[INSERT INTO %s AS l (client_ip, failures)
+    VALUES ($1, 1) ON CONFLICT (client_ip) DO UPDATE SET
+      failures = CASE WHEN l.window_start > now() - make_interval(mins => $2::int) THEN l.failures + 1 ELSE 1 END,
+      window_start = CASE WHEN l.window_start > now() - make_interval(mins => $2::int) THEN l.window_start
+        ELSE now() END]], tname(self, "admin_logins")), client_ip, minutes)
+  if not rows then return nil, err, detail end
+  return true
+end
+
+--- Forget a client address's failed logins (after a good one).
+function _M.clear_admin_login_failures(self, client_ip)
+  local rows, err, detail = admin_query(self, str_format("DELETE FROM %s WHERE client_ip = $1",
+    tname(self, "admin_logins")), client_ip)
+  if not rows then return nil, err, detail end
+  return true
+end
+
+local function to_job(row)
+  for _, k in ipairs { "params", "progress", "report" } do
+    if type(row[k]) == "string" then row[k] = json_decode(row[k]) end
+  end
+  return row
+end
+
+--- Queue a sync job for a connection; params is plain data (tables, strategies, dry_run).
+-- @return the job or nil, err, detail
+function _M.create_admin_job(self, connection_uuid, params)
+  local rows, err, detail = admin_query(self, str_format(
+    "INSERT INTO %s (connection_uuid, params) VALUES ($1::uuid, $2::jsonb) RETURNING *", tname(self, "admin_jobs")),
+    connection_uuid, json_encode(params))
+  if not rows then return nil, err, detail end
+  return to_job(rows[1])
+end
+
+--- Change a job's `status`, `progress`, `report` and/or `error`.
+function _M.update_admin_job(self, uuid, attrs)
+  local rows, err, detail = admin_query(self, str_format([[UPDATE %s SET
+      status = coalesce($2, status), progress = coalesce($3::jsonb, progress),
+      report = coalesce($4::jsonb, report), error = coalesce($5, error), updated_at = now()
+    WHERE uuid = $1::uuid]], tname(self, "admin_jobs")), uuid, attrs.status or null,
+    attrs.progress and json_encode(attrs.progress) or null, attrs.report and json_encode(attrs.report) or null,
+    attrs.error or null)
+  if not rows then return nil, err, detail end
+  return true
+end
+
+--- A job by uuid.
+-- @return the job or nil, "not_found" (or a store error)
+function _M.get_admin_job(self, uuid)
+  if type(uuid) ~= "string" or not uuid:match("^%x+%-%x+%-%x+%-%x+%-%x+$") then
+    return nil, "not_found", { message = "no such job" }
+  end
+  local rows, err, detail = admin_query(self, str_format("SELECT * FROM %s WHERE uuid = $1::uuid",
+    tname(self, "admin_jobs")), uuid)
+  if not rows then return nil, err, detail end
+  if not rows[1] then return nil, "not_found", { message = "no such job" } end
+  return to_job(rows[1])
 end
 
 return _M

@@ -16,6 +16,10 @@ _M.DEFAULT_TABLES = {
   connections = "pksync_connections",
   transfers = "pksync_transfers",
   settings = "pksync_settings",
+  -- the admin page (pksync.admin): sessions, failed logins, sync jobs
+  admin_sessions = "pksync_admin_sessions",
+  admin_logins = "pksync_admin_logins",
+  admin_jobs = "pksync_admin_jobs",
 }
 
 --- Resolve the store's table names (validated identifiers).
@@ -132,6 +136,34 @@ CREATE TABLE IF NOT EXISTS %s (
 );
 ]]
 
+-- The admin page's state: a session is known by a digest of its id only;
+-- failed logins are counted per client address in a window; a sync job
+-- carries its live progress and final report.
+local ADMIN = [[
+CREATE TABLE IF NOT EXISTS %s (
+  id_hash text PRIMARY KEY,
+  client_ip text,
+  expires_at timestamptz NOT NULL,
+  inserted_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS %s (
+  client_ip text PRIMARY KEY,
+  window_start timestamptz NOT NULL DEFAULT now(),
+  failures integer NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS %s (
+  uuid uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  connection_uuid uuid,
+  status text NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'running', 'done', 'failed')),
+  params jsonb NOT NULL DEFAULT '{}',
+  progress jsonb NOT NULL DEFAULT '{}',
+  report jsonb,
+  error text,
+  inserted_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+]]
+
 --- The whole DDL for the given table names, safe to run repeatedly.
 function _M.ddl(names)
   local q = util.quote_ident
@@ -142,6 +174,7 @@ function _M.ddl(names)
     str_format(SCHEDULE, q(c)),
     str_format(TRANSFERS, q(t), q(c), q(t .. "_conn_table_idx"), q(t)),
     str_format(SETTINGS, q(s)),
+    str_format(ADMIN, q(names.admin_sessions), q(names.admin_logins), q(names.admin_jobs)),
   }, "\n")
 end
 
