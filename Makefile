@@ -103,7 +103,9 @@ clean:
 # modules in share/lua/5.4 and the core in lib/lua/5.4, LuaJIT (and nginx's
 # lua module) in share/lua/5.1 and lib/lua/5.1. pksync.testing stays behind.
 LUA_MODULES = $(wildcard lua/pksync/*.lua)
-INSTALL_DIRS = bin lib/lua/5.4/pksync lib/lua/5.1/pksync share/lua/5.4/pksync share/lua/5.1/pksync
+ADMIN_FILES = $(wildcard lua/pksync/admin/*)
+INSTALL_DIRS = bin lib/lua/5.4/pksync lib/lua/5.1/pksync share/lua/5.4/pksync share/lua/5.1/pksync \
+               share/lua/5.4/pksync/admin share/lua/5.1/pksync/admin
 
 install: $(CORE54) $(COREJIT)
 	install -d $(INSTALL_DIRS:%=$(DESTDIR)$(PREFIX)/%)
@@ -111,6 +113,8 @@ install: $(CORE54) $(COREJIT)
 	install -m 0755 $(COREJIT) $(DESTDIR)$(PREFIX)/lib/lua/5.1/pksync/core.so
 	install -m 0644 $(LUA_MODULES) $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync/
 	install -m 0644 $(LUA_MODULES) $(DESTDIR)$(PREFIX)/share/lua/5.1/pksync/
+	install -m 0644 $(ADMIN_FILES) $(DESTDIR)$(PREFIX)/share/lua/5.4/pksync/admin/
+	install -m 0644 $(ADMIN_FILES) $(DESTDIR)$(PREFIX)/share/lua/5.1/pksync/admin/
 	install -m 0755 bin/pksync $(DESTDIR)$(PREFIX)/bin/pksync
 
 uninstall:

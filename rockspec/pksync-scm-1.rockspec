@@ -49,6 +49,7 @@ build = {
     ["pksync.digest"] = "lua/pksync/digest.lua",
     ["pksync.incremental"] = "lua/pksync/incremental.lua",
     ["pksync.access"] = "lua/pksync/access.lua",
+    ["pksync.admin"] = "lua/pksync/admin.lua",
     ["pksync.nginx"] = "lua/pksync/nginx.lua",
     ["pksync.notifier"] = "lua/pksync/notifier.lua",
     ["pksync.plan"] = "lua/pksync/plan.lua",
@@ -64,5 +65,14 @@ build = {
     ["pksync.util"] = "lua/pksync/util.lua",
   },
   -- the command-line tool (a thin script: everything is in pksync.cli)
-  install = { bin = { pksync = "bin/pksync" } },
+  -- the admin page's static files, beside pksync/admin.lua (pksync.admin
+  -- finds them there): luarocks keeps a non-.lua file's own name
+  install = {
+    bin = { pksync = "bin/pksync" },
+    lua = {
+      ["pksync.admin.index"] = "lua/pksync/admin/index.html",
+      ["pksync.admin.admin_js"] = "lua/pksync/admin/admin.js",
+      ["pksync.admin.admin_css"] = "lua/pksync/admin/admin.css",
+    },
+  },
 }

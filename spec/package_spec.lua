@@ -55,6 +55,10 @@ describe("packaging", function()
         assert.is_truthy(io.open(top .. "/share/lua/5.4/pksync/" .. f), f)
         assert.is_truthy(io.open(top .. "/share/lua/5.1/pksync/" .. f), f)
       end
+      for _, f in ipairs(list("cd " .. helper.repo .. "/lua/pksync/admin && ls")) do
+        assert.is_truthy(io.open(top .. "/share/lua/5.4/pksync/admin/" .. f), "admin/" .. f)
+        assert.is_truthy(io.open(top .. "/share/lua/5.1/pksync/admin/" .. f), "admin/" .. f)
+      end
       assert.equals("", helper.run("find " .. dest .. " -name 'testing*'"))
     end)
 
@@ -108,6 +112,10 @@ describe("packaging", function()
       out, ok = helper.run(probe)
       assert.is_true(ok, out)
       assert.equals("[9007199254740993]", out)
+      -- the admin page's files land beside pksync/admin.lua, where it looks for them
+      for _, f in ipairs(list("cd " .. helper.repo .. "/lua/pksync/admin && ls")) do
+        assert.is_truthy(io.open(tree .. "/share/lua/5.4/pksync/admin/" .. f), "admin/" .. f)
+      end
     end)
   end
 end)

@@ -24,6 +24,57 @@ function _M.serve(conninfo, opts)
     }]]):format(conninfo, url, policy) }
 end
 
+--- Start nginx serving both the pksync API and the admin page (at
+-- /pksync/admin/) of database `conninfo`; opts as `serve` (name, port).
+-- The returned server also has `admin` (the page's URL).
+function _M.serve_with_admin(conninfo, opts)
+  opts = opts or {}
+  local port = opts.port or helper.free_port()
+  local url = "http://127.0.0.1:" .. port
+  local srv = helper.start_nginx { name = opts.name or "site", port = port, server = ([[
+    location /phoenix_kit/sync/api/ {
+      content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q } }
+    }
+    location /pksync/admin/ {
+      content_by_lua_block {
+        require("pksync.nginx").admin { db = %q, site_url = %q, location = "/pksync/admin/" }
+      }
+    }]]):format(conninfo, url, conninfo, url) }
+  srv.admin = url .. "/pksync/admin/"
+  return srv
+end
+
+--- Two sites on loopback, each serving the API and the admin page: A
+-- holds the sample shop, B its empty schema; both enabled, B approves
+-- incoming connections by hand. No connection exists yet. Each site is
+-- `{dbname, conninfo, url, srv, client, sql}`; stop with `stop_admin_pair`.
+function _M.start_admin_pair()
+  local pair = {}
+  for _, name in ipairs { "a", "b" } do
+    local site = {}
+    site.dbname, site.conninfo = helper.create_database("admin_" .. name)
+    helper.psql(site.dbname, sample_sql("sample_schema.sql"))
+    if name == "a" then helper.psql(site.dbname, sample_sql("sample_data.sql")) end
+    site.srv = _M.serve_with_admin(site.conninfo, { name = "admin-" .. name })
+    site.url = site.srv.url
+    site.client = pksync.new { db = site.conninfo, site_url = site.url }
+    assert(site.client:migrate())
+    assert(site.client:set_settings { enabled = true,
+      incoming_mode = name == "a" and "auto_accept" or "require_approval" })
+    site.sql = function(q) return helper.psql(site.dbname, q) end
+    pair[name] = site
+  end
+  return pair.a, pair.b
+end
+
+function _M.stop_admin_pair(a, b)
+  for _, site in ipairs { a, b } do
+    site.srv.stop()
+    site.client:close()
+    helper.drop_database(site.dbname)
+  end
+end
+
 --- Start the pair. opts.a_policy: a policy file served by A's nginx;
 -- opts.tls: A serves https with this {cert, key} (helper.start_nginx);
 -- opts.b_options: more pksync.new options for B's client (e.g. ca_file).

@@ -26,7 +26,8 @@ local DEFAULT_MAX_REQUEST_BODY = 1024 * 1024
 
 -- Keys of a config that are the adapter's own, not pksync.new options.
 local ADAPTER_KEYS = { thread_pool = true, policy_file = true, poll_ms = true, retry_base_ms = true,
-                       metrics_dict = true }
+                       metrics_dict = true,
+                       location = true, session_minutes = true } -- the admin page's (admin)
 
 ------------------------------------------------------------------------------
 -- worker-thread side (runs in a pool thread's own Lua VM)
@@ -45,8 +46,8 @@ local function load_policy(path)
   return policy
 end
 
-local function thread_client(config)
-  local key = fingerprint(config)
+local function thread_client(config, role)
+  local key = fingerprint(config) .. (role or "")
   local client = clients[key]
   if client then return client end
   local opts = {}
@@ -109,6 +110,28 @@ function _M.thread_metrics(config, requests)
   local text, err, detail = client:schedule_metrics { requests = requests }
   client.logger = nil
   return logs, text, err, type(detail) == "table" and detail.message or nil
+end
+
+--- (pool thread) Answer one request of the admin page; returns status,
+-- headers, body, logs and the uuid of a sync job to start, if any.
+function _M.thread_admin(config, req)
+  local client, logs = client_for_call(config)
+  local res, job = require("pksync.admin").handle(client, req,
+    { location = config.location, session_minutes = config.session_minutes })
+  client.logger = nil
+  return res.status, res.headers, res.body, logs, job
+end
+
+--- (pool thread) Run an admin sync job to its end; its progress goes
+-- through a second client of this thread (its own database session), so it
+-- commits while the pull's transactions are open. Returns logs.
+function _M.thread_admin_job(config, uuid)
+  local client, logs = client_for_call(config)
+  local writer = thread_client(config, "|admin-job-writer")
+  local ok, err = require("pksync.admin").run_job(client, writer, uuid)
+  if not ok then logs[#logs + 1] = { "warn", "admin sync job " .. uuid .. ": " .. tostring(err) } end
+  client.logger = nil
+  return logs
 end
 
 ------------------------------------------------------------------------------
@@ -265,6 +288,47 @@ function _M.metrics(config)
     return send(503, { ["content-type"] = "text/plain" }, "metrics unavailable\n")
   end
   return send(200, { ["content-type"] = "text/plain; version=0.0.4; charset=utf-8" }, text)
+end
+
+local function run_admin_job(premature, config, uuid)
+  if premature then return end
+  local ok, logs = ngx.run_worker_thread(config.thread_pool or DEFAULT_POOL,
+    "pksync.nginx", "thread_admin_job", config, uuid)
+  if not ok then
+    ngx.log(ngx.ERR, "pksync: admin sync job thread failed: ", tostring(logs))
+    return
+  end
+  emit_logs(logs)
+end
+
+--- Serve the admin page and its JSON API for this request (content_by_lua*).
+--     location /pksync/admin/ {
+--       content_by_lua_block {
+--         require("pksync.nginx").admin { db = "postgresql:///site", site_url = "https://me.example",
+--                                         location = "/pksync/admin/" }
+--       }
+--     }
+-- Off (404) until `pksync settings --admin-password` has set a password.
+-- A sync started from the page runs in a pool thread started by a timer.
+-- @param config as for `serve`, plus `location` (the nginx location, with
+--   its trailing slash; default "/pksync/admin/") and `session_minutes`
+function _M.admin(config)
+  local ngx = ngx
+  local req = read_request(config.max_request_body or DEFAULT_MAX_REQUEST_BODY)
+  if not req then return json_error(413, "Request body too large") end
+  req.scheme, req.query = ngx.var.scheme, ngx.var.args
+  local ok, status, headers, body, logs, job = ngx.run_worker_thread(config.thread_pool or DEFAULT_POOL,
+    "pksync.nginx", "thread_admin", config, req)
+  if not ok then
+    ngx.log(ngx.ERR, "pksync: worker thread failed: ", tostring(status))
+    return json_error(500, "Internal server error")
+  end
+  emit_logs(logs)
+  if job then
+    local started, err = ngx.timer.at(0, run_admin_job, config, job)
+    if not started then ngx.log(ngx.ERR, "pksync: cannot start the admin sync job: ", tostring(err)) end
+  end
+  return send(status, headers, body)
 end
 
 --- Call a client method off the event loop (handlers and timers).
