@@ -3,7 +3,8 @@
 #   make            build build/54/pksync/core.so and build/jit/pksync/core.so
 #                   (and pksync/testing.so beside each: test-only bindings)
 #   make test       install Debian deps, build, run the busted suite on both runtimes
-#   make deps       install the Debian packages (skipped when present)
+#   make deps       install the Debian packages and the browser test's chromium and
+#                   playwright-core (into build/node); skipped when present
 #   make bench      benchmarks (see bench/README.md)
 #   make demo       the two-site demo
 #   make install    both builds, the Lua modules and bin/pksync under
@@ -86,6 +87,7 @@ $(TESTINGJIT): $(TESTING_SRCS:src/testing/%.c=build/objjit/testing/%.o) $(OBJSJI
 
 deps:
 	@scripts/deps.sh
+	@scripts/browser-deps.sh
 
 # The suite runs once per runtime inside one throwaway PostgreSQL cluster,
 # then the hardening subset that fits CI (scripts/test-all.sh).
