@@ -5,12 +5,16 @@
 -- empty). A creates a sender connection to B, B registers it, B syncs from A
 -- under an example policy with the `pksync` command, and the demo proves in
 -- SQL that B now holds exactly A's data; then B schedules the connection
--- and one scheduled run syncs A's next change. Run through scripts/testenv.sh,
--- which provides the throwaway PostgreSQL cluster and removes everything.
+-- and one scheduled run syncs A's next change. Both sites also serve the
+-- admin page (password "demo"); its addresses are printed while the sites
+-- are up, and PKSYNC_DEMO_KEEP=1 keeps them up until Enter is pressed. Run
+-- through scripts/testenv.sh, which provides the throwaway PostgreSQL
+-- cluster and removes everything.
 package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
 package.cpath = "build/54/?.so;" .. package.cpath
 local helper = require "helper"
-local pksync = require "pksync"
+local sites = require "sites"
+local ADMIN_PASSWORD = "demo"
 
 local TABLES = { "customers", "products", "orders", "order_items", "reviews" }
 local started = helper.now()
@@ -60,10 +64,7 @@ local function new_site(label)
 end
 
 local function serve(s)
-  s.srv = helper.start_nginx { name = "demo-" .. s.label, port = s.port, server = ([[
-    location /phoenix_kit/sync/api/ {
-      content_by_lua_block { require("pksync.nginx").serve { db = %q, site_url = %q } }
-    }]]):format(s.conninfo, s.url) }
+  s.srv = sites.serve_with_admin(s.conninfo, { name = "demo-" .. s.label, port = s.port })
 end
 
 local function fingerprint(s, tbl)
@@ -84,8 +85,10 @@ local ok, err = pcall(function()
   serve(b)
   note("A serves %s/phoenix_kit/sync/api/", a.url)
   note("B serves %s/phoenix_kit/sync/api/", b.url)
-  pksync_cmd(a, { "settings", "--enable", "--incoming-mode", "deny_all", "--site-url-set", a.url })
-  pksync_cmd(b, { "settings", "--enable", "--incoming-mode", "auto_accept", "--site-url-set", b.url })
+  pksync_cmd(a, { "settings", "--enable", "--incoming-mode", "deny_all", "--site-url-set", a.url,
+    "--admin-password", ADMIN_PASSWORD })
+  pksync_cmd(b, { "settings", "--enable", "--incoming-mode", "auto_accept", "--site-url-set", b.url,
+    "--admin-password", ADMIN_PASSWORD })
   pksync_cmd(a, { "status", b.url })
 
   step("A creates a sender connection to B; B registers it")
@@ -130,6 +133,16 @@ local ok, err = pcall(function()
   fa, fb = fingerprint(a, "products"), fingerprint(b, "products")
   note("products     %s  %s", fb, fa == fb and "= A" or "DIFFERS")
   if fa ~= fb then error("products differ after the scheduled run", 0) end
+
+  step("The admin pages (password %q)", ADMIN_PASSWORD)
+  note("A: %s", a.srv.admin)
+  note("B: %s   (Connections > Sync… on B's receiver connection; History)", b.srv.admin)
+  if os.getenv("PKSYNC_DEMO_KEEP") == "1" then
+    note("the sites stay up until you press Enter")
+    io.read("*l")
+  else
+    note("PKSYNC_DEMO_KEEP=1 make demo keeps the sites up for a look")
+  end
 end)
 
 for _, s in ipairs { a, b } do
