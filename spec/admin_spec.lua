@@ -205,6 +205,12 @@ describe("admin page", function()
     assert.equals(1, doc.counts.sender.active)
     status, doc = call(b, "POST", "connections/00000000-0000-0000-0000-000000000000/approve", nil, sb)
     assert.equals(404, status)
+    -- the token is the sender's to give
+    local hash = b.sql("SELECT auth_token_hash FROM pksync_connections")
+    status, doc = call(b, "POST", "connections/" .. receiver_uuid .. "/regenerate", nil, sb)
+    assert.equals(400, status)
+    assert.equals("not_a_sender", doc.error)
+    assert.equals(hash, b.sql("SELECT auth_token_hash FROM pksync_connections"))
   end)
 
   it("shows the sender's tables beside the local ones, with their parents", function()

@@ -329,11 +329,15 @@ local function delete_connection(client, ctx)
 end
 
 local regenerate = with_connection(function(client, _, body, conn)
+  -- the token is the sender's to give: a receiver's new hash would match nothing
+  if conn.direction ~= "sender" then
+    return failure(400, "not_a_sender", "Only the sending side gives out tokens; regenerate it there.")
+  end
   local password = type(body.password) == "string" and body.password ~= "" and body.password or nil
   local updated, raw, detail = client:regenerate_token(conn.uuid, { password = password })
   if not updated then return failure(status_of(raw), raw, detail) end
   return json(200, { success = true, connection = conn_view(updated), token = raw,
-    registration = conn.direction == "sender" and registration_of(updated) or null })
+    registration = registration_of(updated) })
 end)
 
 --- A live look at the remote side: the site's status and what it says of

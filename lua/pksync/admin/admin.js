@@ -71,7 +71,8 @@
   }
 
   function setPage(title, ...children) {
-    page.replaceChildren(h("h2", { id: "page-title", tabindex: "-1" }, title), ...children);
+    page.replaceChildren(h("h2", { id: "page-title", tabindex: "-1" }, title),
+      ...children.filter((c) => c !== null && c !== undefined && c !== false));
     const t = $("#page-title");
     if (t) t.focus();
   }
@@ -258,7 +259,7 @@
     if (c.status === "active") actions.push(act("Suspend", "suspend", { reason: true }));
     if (c.status === "suspended") actions.push(act("Reactivate", "reactivate"));
     if (c.status !== "revoked") actions.push(act("Revoke", "revoke", { reason: true }));
-    actions.push(act("New token", "regenerate", { password: c.direction === "sender" }));
+    if (c.direction === "sender") actions.push(act("New token", "regenerate", { password: true }));
     actions.push(act("Delete", "delete"));
     actions.push(h("button", { type: "button", "data-action": "check", "aria-label": "Check " + c.name,
       onclick: () => check(c) }, "Check"));
@@ -473,8 +474,23 @@
       if (!doc || !document.body.contains(box)) return;
       renderJob(box, doc.job, byName, dryRun);
       if (doc.job.status === "queued" || doc.job.status === "running") state.poll = setTimeout(tick, 400);
+      else if (doc.job.status === "done" && !dryRun) refreshStates(uuidOf(doc.job));
     };
     tick();
+  }
+
+  function uuidOf(job) { return job.connection_uuid; }
+
+  /** After a sync, the tables' states again (unchanged now, most likely). */
+  async function refreshStates(connUuid) {
+    const doc = await guarded(() => api("GET", "connections/" + connUuid + "/tables"));
+    if (!doc) return;
+    for (const t of doc.tables) {
+      const row = page.querySelector('#sync-tables tr[data-table="' + t.name + '"]');
+      if (!row) continue;
+      row.querySelector(".status").replaceWith(badge(t.state === "missing" ? "missing locally" : t.state));
+      row.querySelector('td[data-label="Our rows"]').textContent = t.local ? num(t.local.row_count) : "–";
+    }
   }
 
   function renderJob(box, job, byName, dryRun) {
