@@ -10,8 +10,13 @@ packages=(
   lua-cjson lua-busted lua-socket luarocks
   nginx libnginx-mod-http-lua
   clang libclang-rt-14-dev valgrind
+  chromium fonts-dejavu-core
   ${PKSYNC_EXTRA_PACKAGES:-}
 )
+# the browser specs' node and npm (playwright-core: scripts/browser-deps.sh),
+# unless the machine has them from elsewhere
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
