@@ -271,6 +271,36 @@ describe("admin page", function()
     assert.equals(403, status)
   end)
 
+  it("keeps the site's policy hooks under the page's strategies", function()
+    local admin = require "pksync.admin"
+    local transformed = 0
+    local client = pksync.new { db = b.conninfo, site_url = b.url, policy = {
+      transform = function(t, row)
+        if t == "customers" then transformed = transformed + 1 row.name = row.name:upper() end
+        return row
+      end,
+      strategy = function() return "skip" end } }
+    local writer = pksync.new { db = b.conninfo, site_url = b.url }
+    b.sql("UPDATE customers SET name = 'changed here' WHERE id = 1")
+    local job = assert(client:create_admin_job(receiver_uuid, { tables = { "customers", "orders" },
+      strategies = { customers = "overwrite" } }))
+    assert(admin.run_job(client, writer, job.uuid))
+    job = assert(writer:get_admin_job(job.uuid))
+    assert.equals("done", job.status, job.error)
+    local by = {}
+    for _, t in ipairs(job.report.tables) do by[t.name] = t end
+    assert.equals("overwrite", by.customers.strategy, "the page's strategy")
+    assert.equals("unchanged", by.orders.action)
+    -- an incremental re-sync pulls only the key range holding the changed row
+    assert.is_true(transformed > 0 and transformed < 500, "the policy's transform ran: " .. transformed)
+    assert.equals(a.sql("SELECT upper(name) FROM customers WHERE id = 1"),
+      b.sql("SELECT name FROM customers WHERE id = 1"))
+    -- a job runs once
+    assert.equals("not_queued", select(2, admin.run_job(client, writer, job.uuid)))
+    client:close()
+    writer:close()
+  end)
+
   it("lists transfers with filters and pages, and shows one with its counts", function()
     local status, doc = call(b, "GET", "transfers?direction=receive", nil, sb)
     assert.equals(200, status)
@@ -362,5 +392,20 @@ describe("admin page", function()
     -- the window passes (moved in the store, not waited for)
     a.sql("UPDATE pksync_admin_logins SET window_start = now() - interval '16 minutes'")
     assert.truthy(login(a))
+  end)
+
+  it("marks the cookie Secure over https, and behind a TLS proxy when told", function()
+    local admin = require "pksync.admin"
+    local client = pksync.new { db = a.conninfo }
+    local function cookie_of(scheme, opts)
+      local res = admin.handle(client, { method = "POST", path = "/pksync/admin/api/login", scheme = scheme,
+        body = json.encode { password = PASSWORD }, headers = {}, remote_addr = "192.0.2.7" }, opts)
+      assert.equals(200, res.status, res.body)
+      return res.headers["set-cookie"]
+    end
+    assert.matches("; Secure$", cookie_of("https"))
+    assert.is_nil(cookie_of("http"):find("Secure", 1, true))
+    assert.matches("; Secure$", cookie_of("http", { secure_cookie = true }))
+    client:close()
   end)
 end)

@@ -535,7 +535,9 @@ local function dispatch(client, req, opts)
   if on == nil then return failure(503, err, WORDS.database_unavailable) end
   if not on then return not_found() end
   local rel = str_sub(req.path, #location + 1)
-  local ctx = { req = req, location = location, https = req.scheme == "https", query = parse_query(req.query),
+  -- behind a proxy that ends TLS, nginx's scheme is http: secure_cookie says so
+  local ctx = { req = req, location = location, https = req.scheme == "https" or opts.secure_cookie == true,
+    query = parse_query(req.query),
     session_minutes = opts.session_minutes or _M.SESSION_MINUTES }
   local api_rel = str_match(rel, "^api/(.*)$")
   if api_rel then return api(client, ctx, api_rel) end
@@ -550,7 +552,9 @@ end
 -- @param client a pksync client (with `db`)
 -- @param req `{method=, path=, query= (raw query string), headers= (lowercase
 --   names), body=, remote_addr=, scheme=}`
--- @param opts `location` (default "/pksync/admin/"), `session_minutes`
+-- @param opts `location` (default "/pksync/admin/"), `session_minutes`,
+--   `secure_cookie` (true: mark the cookie Secure even when the request came
+--   as http, e.g. from a proxy that ended TLS)
 -- @return `{status=, headers=, body=}`, and the uuid of a sync job to run
 --   (`run_job`) when the request started one
 function _M.handle(client, req, opts)
@@ -569,13 +573,26 @@ local function progress_entry(e)
     imported = e.imported or 0, updated = e.updated or 0, failed = e.failed or 0 }
 end
 
-local function sync_options(job, progress, writer)
+--- The site's policy with the page's strategies on top: its other hooks
+-- (transforms, resolve, ...) still apply, and its own strategy hook decides
+-- the tables the page left open.
+local function page_policy(base, strategies)
+  local policy = {}
+  for k, v in pairs(base or {}) do policy[k] = v end
+  local own = policy.strategy
+  policy.strategy = function(name, conn)
+    if strategies[name] then return strategies[name] end
+    if own then return own(name, conn) end
+    return nil
+  end
+  return policy
+end
+
+local function sync_options(client, job, progress, writer)
   local strategies = job.params.strategies or {}
   local last = 0
   local opts = { tables = job.params.tables, dry_run = job.params.dry_run == true }
-  if next(strategies) then
-    opts.policy = { strategy = function(name) return strategies[name] end }
-  end
+  if next(strategies) then opts.policy = page_policy(client.policy, strategies) end
   opts.on_progress = function(e)
     progress[e.table] = progress_entry(e)
     local t = core.monotonic_ms()
@@ -606,7 +623,7 @@ function _M.run_job(client, writer, uuid)
   for _, name in ipairs(job.params.tables) do progress[name] = { rows = 0, done = false, waiting = true } end
   writer:update_admin_job(uuid, { status = "running", progress = progress })
   local ok, report
-  ok, report, err, detail = pcall(client.sync_connection, client, conn, sync_options(job, progress, writer))
+  ok, report, err, detail = pcall(client.sync_connection, client, conn, sync_options(client, job, progress, writer))
   if not ok then
     client:log("error", "admin sync job %s failed: %s", uuid, tostring(report))
     report, err, detail = nil, "internal_error", "The sync stopped on an internal error; see the error log."

@@ -25,9 +25,9 @@ local DEFAULT_POOL = "pksync"
 local DEFAULT_MAX_REQUEST_BODY = 1024 * 1024
 
 -- Keys of a config that are the adapter's own, not pksync.new options.
-local ADAPTER_KEYS = { thread_pool = true, policy_file = true, poll_ms = true, retry_base_ms = true,
-                       metrics_dict = true,
-                       location = true, session_minutes = true } -- the admin page's (admin)
+local ADAPTER_KEYS = { thread_pool = true, policy_file = true,
+                       poll_ms = true, retry_base_ms = true, metrics_dict = true, -- the schedule's and metrics'
+                       location = true, session_minutes = true, secure_cookie = true } -- the admin page's
 
 ------------------------------------------------------------------------------
 -- worker-thread side (runs in a pool thread's own Lua VM)
@@ -117,7 +117,7 @@ end
 function _M.thread_admin(config, req)
   local client, logs = client_for_call(config)
   local res, job = require("pksync.admin").handle(client, req,
-    { location = config.location, session_minutes = config.session_minutes })
+    { location = config.location, session_minutes = config.session_minutes, secure_cookie = config.secure_cookie })
   client.logger = nil
   return res.status, res.headers, res.body, logs, job
 end
@@ -311,7 +311,8 @@ end
 -- Off (404) until `pksync settings --admin-password` has set a password.
 -- A sync started from the page runs in a pool thread started by a timer.
 -- @param config as for `serve`, plus `location` (the nginx location, with
---   its trailing slash; default "/pksync/admin/") and `session_minutes`
+--   its trailing slash; default "/pksync/admin/"), `session_minutes` and
+--   `secure_cookie` (a Secure cookie behind a proxy that ends TLS)
 function _M.admin(config)
   local ngx = ngx
   local req = read_request(config.max_request_body or DEFAULT_MAX_REQUEST_BODY)
