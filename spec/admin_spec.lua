@@ -331,6 +331,29 @@ describe("admin page", function()
     assert.equals(404, (call(b, "GET", "transfers/00000000-0000-0000-0000-000000000000", nil, sb)))
   end)
 
+  it("shows the schedule of the receiver connections: next due, last result, failures", function()
+    local status, doc = call(b, "GET", "schedule", nil, sb)
+    assert.equals(200, status)
+    assert.equals(1, #doc.connections)
+    local c = doc.connections[1]
+    assert.equals(receiver_uuid, c.uuid)
+    assert.is_false(c.auto_sync_enabled)
+    b.sql("UPDATE pksync_connections SET auto_sync_enabled = true, auto_sync_interval_minutes = 30, " ..
+      "last_auto_sync_at = now(), last_auto_sync_status = 'offline', last_auto_sync_error = 'offline: gone', " ..
+      "auto_sync_failures = 2, next_auto_sync_at = now() + interval '5 minutes' WHERE uuid = '" .. receiver_uuid .. "'")
+    local raw
+    status, doc, _, raw = call(b, "GET", "schedule", nil, sb)
+    c = doc.connections[1]
+    assert.same({ true, 30, false, "offline", "offline: gone", 2 }, { c.auto_sync_enabled,
+      c.auto_sync_interval_minutes, c.due, c.last_auto_sync_status, c.last_auto_sync_error, c.auto_sync_failures })
+    assert.is_string(c.next_due_at)
+    assert.is_nil(raw:find("auth_token", 1, true))
+    -- A's sender connection is not scheduled: A's page lists no receiver
+    assert.equals(0, #select(2, call(a, "GET", "schedule", nil, sa)).connections)
+    b.sql("UPDATE pksync_connections SET auto_sync_enabled = false, last_auto_sync_at = NULL, " ..
+      "last_auto_sync_status = NULL, last_auto_sync_error = NULL, auto_sync_failures = 0, next_auto_sync_at = NULL")
+  end)
+
   it("suspends, reactivates, regenerates, revokes and deletes, each with the peer's answer", function()
     local path = "connections/" .. sender_uuid .. "/"
     local status, doc = call(a, "POST", path .. "suspend", { reason = "maintenance" }, sa)

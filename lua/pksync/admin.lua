@@ -455,6 +455,26 @@ local function get_transfer(client, ctx)
   return json(200, { success = true, transfer = t })
 end
 
+--- The scheduled sync of the receiver connections: next due, last result,
+-- failures (the store's schedule view, without the sender connections).
+local SCHEDULE_FIELDS = { "uuid", "name", "status", "site_url", "auto_sync_enabled", "auto_sync_tables",
+  "auto_sync_interval_minutes", "next_due_at", "due", "last_auto_sync_at", "last_auto_sync_status",
+  "last_auto_sync_error", "last_auto_sync_rows", "last_auto_sync_success_at", "auto_sync_failures", "rows_pulled" }
+
+local function schedule(client)
+  local state, err, detail = client:schedule_state()
+  if not state then return failure(status_of(err), err, detail) end
+  local out = {}
+  for _, c in ipairs(state) do
+    if c.direction == "receiver" then
+      local row = {}
+      for _, k in ipairs(SCHEDULE_FIELDS) do row[k] = c[k] end
+      out[#out + 1] = row
+    end
+  end
+  return json(200, { success = true, connections = array(out) })
+end
+
 -- method, path pattern (captures the id), handler; `open`: no session needed.
 local ROUTES = {
   { "POST", "^login$", login, open = true },
@@ -474,6 +494,7 @@ local ROUTES = {
   { "GET", "^connections/([^/]+)/tables$", tables },
   { "POST", "^connections/([^/]+)/sync$", start_sync },
   { "GET", "^jobs/([^/]+)$", get_job },
+  { "GET", "^schedule$", schedule },
   { "GET", "^transfers$", list_transfers },
   { "GET", "^transfers/([^/]+)$", get_transfer },
 }

@@ -157,6 +157,14 @@ async function run(browser) {
   await shot(b, "sync");
   ok("ran the sync: per-table progress reached the end and the report appeared");
 
+  // schedule: the receiver connection with its auto-sync state
+  await b.getByRole("link", { name: "Schedule" }).click();
+  await b.locator("#schedule tr", { hasText: "From: Shop to B" }).waitFor();
+  const sched = await b.locator("#schedule").textContent();
+  check(sched.includes("never run") && sched.includes("off"), "schedule row: " + sched);
+  await shot(b, "schedule");
+  ok("the schedule page lists the receiver connection");
+
   // history: find the transfer, open its detail
   await b.getByRole("link", { name: "History" }).click();
   await b.locator("#transfers").waitFor();
@@ -177,14 +185,14 @@ async function run(browser) {
   // readable on a phone: nothing wider than the screen
   const phone = await newPage(browser, 390);
   await login(phone, B_ADMIN, false);
-  for (const [hash, name] of [["#/connections", "connections-390"], ["#/history", "history-390"]]) {
+  for (const [hash, name] of [["#/connections", "connections-390"], ["#/schedule", "schedule-390"], ["#/history", "history-390"]]) {
     await phone.goto(B_ADMIN + hash);
     await phone.locator("table.stack").first().waitFor();
     const width = await phone.evaluate(() => document.documentElement.scrollWidth);
     check(width <= 390, name + " fits 390 px: " + width);
     await shot(phone, name);
   }
-  ok("connections and history fit a 390 px screen");
+  ok("connections, schedule and history fit a 390 px screen");
 
   // log out and be refused
   await b.getByRole("button", { name: "Log out" }).click();

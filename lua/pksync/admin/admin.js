@@ -576,6 +576,28 @@
         h("button", { type: "button", id: "next-page", disabled: !doc.has_more, onclick: go(1) }, "Next")));
   }
 
+  // ---- schedule --------------------------------------------------------------
+
+  async function schedulePage() {
+    const doc = await api("GET", "schedule");
+    const rows = doc.connections.map((c) => h("tr", { "data-uuid": c.uuid },
+      h("td", { "data-label": "Connection" }, c.name),
+      h("td", { "data-label": "Auto-sync" }, c.auto_sync_enabled ? "every " + c.auto_sync_interval_minutes + " min" : "off"),
+      h("td", { "data-label": "Next due" }, c.next_due_at ? (c.due ? "now" : when(c.next_due_at)) : "–"),
+      h("td", { "data-label": "Last result" }, c.last_auto_sync_status
+        ? [badge(c.last_auto_sync_status), " ", when(c.last_auto_sync_at)] : "never run"),
+      h("td.num", { "data-label": "Failures" }, num(c.auto_sync_failures || 0)),
+      h("td.num", { "data-label": "Rows pulled" }, num(c.rows_pulled || 0)),
+      h("td", { "data-label": "Error" }, c.last_auto_sync_error || "")));
+    setPage("Schedule",
+      h("p", {}, "Receiver connections with auto-sync run by themselves (pksync sync --due from cron, or " +
+        "pksync.nginx.schedule in nginx)."),
+      h("div.table-wrap", {}, h("table.stack", { id: "schedule" },
+        h("thead", {}, h("tr", {}, ["Connection", "Auto-sync", "Next due", "Last result", "Failures", "Rows pulled", "Error"]
+          .map((x, i) => h(i === 4 || i === 5 ? "th.num" : "th", {}, x)))),
+        h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 7 }, "No receiver connections."))))));
+  }
+
   async function transferPage(uuid) {
     const doc = await api("GET", "transfers/" + uuid);
     const t = doc.transfer;
@@ -602,6 +624,7 @@
     [/^#\/overview$/, overviewPage, "overview"],
     [/^#\/connections$/, connectionsPage, "connections"],
     [/^#\/sync\/([0-9a-f-]+)$/, syncPage, "connections"],
+    [/^#\/schedule$/, schedulePage, "schedule"],
     [/^#\/history$/, historyPage, "history"],
     [/^#\/transfer\/([0-9a-f-]+)$/, transferPage, "history"],
   ];
