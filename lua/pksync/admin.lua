@@ -19,6 +19,7 @@
 local core = require "pksync.core"
 local util = require "pksync.util"
 local catalog = require "pksync.catalog"
+local plan = require "pksync.plan"
 
 local type, pairs, ipairs, tostring, tonumber, pcall, setmetatable, next =
   type, pairs, ipairs, tostring, tonumber, pcall, setmetatable, next
@@ -358,12 +359,6 @@ local check = with_connection(function(client, _, _, conn)
   return json(200, out)
 end)
 
-local function local_state(remote, loc)
-  if not loc then return "missing" end
-  if type(remote.checksum) ~= "string" then return "unknown" end
-  return remote.checksum == loc.checksum and "unchanged" or "differs"
-end
-
 --- The sender's tables beside the local ones (rows, size, checksum state)
 -- and each table's parents (the sender's and the local foreign keys).
 local tables = with_connection(function(client, _, _, conn)
@@ -378,8 +373,7 @@ local tables = with_connection(function(client, _, _, conn)
   local deps = catalog.dependencies(db, client.schema) or {}
   local out = {}
   for i, t in ipairs(list) do
-    local loc = catalog.table_exists(db, client.schema, t.name) and catalog.table_stats(db, client.schema, t.name)
-      or nil
+    local state, loc = client:table_state(t.name, t)
     local parents, seen = {}, {}
     for _, src in ipairs { t.depends_on or {}, deps[t.name] or {} } do
       for _, p in ipairs(src) do
@@ -387,13 +381,11 @@ local tables = with_connection(function(client, _, _, conn)
       end
     end
     out[i] = { name = t.name, remote = { row_count = t.row_count, size_bytes = t.size_bytes, checksum = t.checksum },
-      ["local"] = loc or null, state = local_state(t, loc), parents = array(parents) }
+      ["local"] = loc or null, state = state or "unknown", parents = array(parents) }
   end
   return json(200, { success = true, tables = array(out),
     default_strategy = conn.default_conflict_strategy })
 end)
-
-local STRATEGIES = { skip = true, overwrite = true, merge = true, append = true }
 
 --- Check the sync request: tables (names), strategies (name -> strategy), dry_run.
 local function sync_params(body)
@@ -405,7 +397,8 @@ local function sync_params(body)
   end
   local strategies = {}
   for k, v in pairs(type(body.strategies) == "table" and body.strategies or {}) do
-    if type(k) ~= "string" or not STRATEGIES[v] then
+    -- custom needs a resolve hook, which a page cannot give
+    if type(k) ~= "string" or not plan.STRATEGIES[v] or v == "custom" then
       return nil, "A strategy is skip, overwrite, merge or append."
     end
     strategies[k] = v

@@ -18,14 +18,18 @@ local _M = {}
 
 local TOTALS = { "transferred", "imported", "updated", "unchanged", "skipped", "filtered", "failed", "deleted" }
 
---- True when the local table already holds exactly the sender's rows
--- (same checksum, computed the same way as the sender's list-tables).
-local function unchanged(db, schema, name, remote)
-  local sum = remote.checksum
-  if type(sum) ~= "string" then return false end
-  if not catalog.table_exists(db, schema, name) then return false end
-  local stats = catalog.table_stats(db, schema, name)
-  return stats ~= nil and stats.checksum == sum
+--- How a local table stands against the sender's `list-tables` entry for
+-- it: "missing", "unknown" (the sender sent no checksum), "unchanged" (same
+-- checksum, computed the same way as the sender's) or "differs"; with the
+-- local table's stats (`catalog.table_stats`) when it exists.
+-- @return state, stats, or nil, err, detail
+function _M.table_state(self, name, remote)
+  local db, err, detail = self:database()
+  if not db then return nil, err, detail end
+  if not catalog.table_exists(db, self.schema, name) then return "missing" end
+  local stats = catalog.table_stats(db, self.schema, name)
+  if type(remote.checksum) ~= "string" then return "unknown", stats end
+  return stats ~= nil and stats.checksum == remote.checksum and "unchanged" or "differs", stats
 end
 
 local function load_policy(self, opts)
@@ -158,6 +162,7 @@ function _M.sync_connection(self, conn, opts)
   if not list then return nil, err, detail end
   local names, explicit = choose_tables(policy, list, conn, opts)
   if not names then return nil, "hook_failed", { message = explicit } end
+  -- the local database must answer before any table is pulled
   local db
   db, err, detail = self:database()
   if not db then return nil, err, detail end
@@ -166,7 +171,10 @@ function _M.sync_connection(self, conn, opts)
     dry_run = opts.dry_run, order = explicit and names or nil, timeout = opts.timeout,
     page_size = opts.page_size, on_progress = progress_hook(policy, opts),
     before_table = function(name, info)
-      if unchanged(db, self.schema, name, info) then return { action = "unchanged", reason = "checksum matches" } end
+      -- without a checksum from the sender there is nothing to compare: no local checksum either
+      if type(info.checksum) == "string" and _M.table_state(self, name, info) == "unchanged" then
+        return { action = "unchanged", reason = "checksum matches" }
+      end
     end,
     table_options = table_options(policy, conn, opts),
   })
